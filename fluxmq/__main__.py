@@ -1,0 +1,5 @@
+"""`python -m fluxmq ...` is the same as the `fluxmq` command."""
+
+from fluxmq.cli import main
+
+raise SystemExit(main())
