@@ -1,0 +1,972 @@
+"""FluxMQ configuration: a declarative, typed schema loaded from YAML.
+
+The schema is a tree of frozen dataclasses. Each leaf field is declared with `setting(kind,
+default, doc)`, each nested section with `subsection(cls, doc)`, so adding a key is one line:
+
+    max_qos: int = setting(Int(0, 2), 2, "Highest QoS level the broker supports.")
+
+`load_config(path)` reads a YAML file, rejects anything the schema does not know (with a
+"did you mean" hint), validates every value and returns a `Config`. Every problem is a
+`ConfigError` whose message is one line naming the full key path.
+
+The reference tables in docs/configuration.md and the example file examples/fluxmq.yaml are
+generated from the schema (`python -m fluxmq.config --write`), and a test checks that they are
+up to date, so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar, dataclass_transform
+
+import yaml
+
+__all__ = [
+    "Addr",
+    "Bool",
+    "BrokerConfig",
+    "Config",
+    "ConfigError",
+    "Duration",
+    "Enum",
+    "Int",
+    "Kind",
+    "LogConfig",
+    "Section",
+    "SectionInfo",
+    "ServerConfig",
+    "SessionConfig",
+    "SettingInfo",
+    "Size",
+    "StorageConfig",
+    "Str",
+    "TCPConfig",
+    "TCPListenerConfig",
+    "format_duration",
+    "iter_schema",
+    "iter_settings",
+    "load_config",
+    "parse_addr",
+    "parse_duration",
+    "parse_size",
+    "render_docs_reference",
+    "render_example",
+    "section",
+    "setting",
+    "subsection",
+]
+
+_META = "fluxmq.config"
+_UINT32_MAX = 4294967295
+
+
+class ConfigError(Exception):
+    """A configuration problem. `str(err)` is one line; `err.key` is the dotted key, if any."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class _Invalid(ValueError):
+    """Raised by a value kind with a message that lacks the key; the loader adds the key path."""
+
+
+def _show(value: Any) -> str:
+    """Render a YAML value for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return json.dumps(text, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _render_scalar(value: Any, kind: Kind | None = None) -> str:
+    """Render a default as YAML for the docs and the example: enum words bare, other strings
+    double-quoted."""
+    if isinstance(kind, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value kinds: how a setting is typed, parsed, dumped back and described.
+# ---------------------------------------------------------------------------------------------
+
+
+class Kind:
+    """Base class of value kinds. Subclasses implement `parse` and `describe`."""
+
+    def parse(self, value: Any) -> Any:
+        """Validate a YAML value and return the Python value; raise `_Invalid` if it is bad."""
+        raise NotImplementedError
+
+    def dump(self, value: Any) -> Any:
+        """Turn a parsed value back into plain YAML-able data (inverse of `parse`)."""
+        return value
+
+    def describe(self) -> str:
+        """A short type description for the docs, e.g. `integer, 0 to 2`."""
+        raise NotImplementedError
+
+
+def _range_text(lo: float | None, hi: float | None, unit: str = "") -> str:
+    """`from 1 to 5`, `>= 0`, `<= 9` or `` for a range, for messages and docs."""
+    if lo is not None and hi is not None:
+        return f"from {lo} to {hi}{unit}"
+    if lo is not None:
+        return f">= {lo}{unit}"
+    if hi is not None:
+        return f"<= {hi}{unit}"
+    return ""
+
+
+def _in_range(value: float, lo: float | None, hi: float | None) -> bool:
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+@dataclass(frozen=True, slots=True)
+class Int(Kind):
+    """An integer (not a bool, not a float) with optional inclusive bounds."""
+
+    min: int | None = None
+    max: int | None = None
+
+    def parse(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected {self._expected()}, got {_show(value)}")
+        if not _in_range(value, self.min, self.max):
+            raise _Invalid(f"expected {self._expected()}, got {value}")
+        return value
+
+    def _expected(self) -> str:
+        return f"an integer {_range_text(self.min, self.max)}".rstrip()
+
+    def describe(self) -> str:
+        rng = _range_text(self.min, self.max)
+        return f"integer, {rng}" if rng else "integer"
+
+
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION_HINT = 'a number of seconds or a string like "100ms", "30s", "5m", "2h", "1h30m"'
+
+
+def parse_duration(value: Any) -> float:
+    """Parse a duration to float seconds: a number (seconds) or e.g. `100ms`, `30s`, `1h30m`.
+
+    Raises ValueError for anything else, including negative and non-finite values.
+    """
+    if isinstance(value, str):
+        seconds = _parse_duration_text(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    else:
+        raise ValueError(f"invalid duration {_show(value)} (expected {_DURATION_HINT})")
+    result = float(seconds)
+    if seconds < 0 or not math.isfinite(result):
+        raise ValueError(f"invalid duration {_show(value)}: must be a finite value >= 0")
+    return result
+
+
+def _parse_duration_text(text: str) -> Decimal:
+    """Parse `1h30m`-style text (or a bare number of seconds) to Decimal seconds."""
+    s = text.strip()
+    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", s):
+        return Decimal(s)
+    total, pos = Decimal(0), 0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += Decimal(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or pos != len(s):
+        raise ValueError(f"invalid duration {_show(text)} (expected {_DURATION_HINT})")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as `60s`, `100ms` or `0.0015s`; `parse_duration` reads it back exactly."""
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    ms = seconds * 1000
+    if ms == int(ms) and int(ms) / 1000 == seconds:
+        return f"{int(ms)}ms"
+    return f"{seconds!r}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Duration(Kind):
+    """A duration in float seconds. `min_exclusive=True` makes `min` itself invalid (`> 0`)."""
+
+    min: float = 0.0
+    max: float | None = None
+    min_exclusive: bool = False
+
+    def parse(self, value: Any) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        too_small = seconds <= self.min if self.min_exclusive else seconds < self.min
+        if too_small or (self.max is not None and seconds > self.max):
+            raise _Invalid(f"expected a duration {self._range()}, got {_show(value)}")
+        return seconds
+
+    def _range(self) -> str:
+        low = "0" if self.min == 0 else format_duration(self.min)
+        low = f"{'>' if self.min_exclusive else '>='} {low}"
+        if self.max is None:
+            return low
+        return f"{low} and <= {format_duration(self.max)}"
+
+    def dump(self, value: float) -> str:
+        return format_duration(value)
+
+    def describe(self) -> str:
+        return f"duration, {self._range()}"
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+_SIZE_HINT = 'a number of bytes or a string like "512KB", "10MB", "1GB", where 1KB = 1024 bytes'
+
+
+def parse_size(value: Any) -> int:
+    """Parse a size to bytes: an integer or e.g. `512KB`, `10MB`, `1GB` (binary: 1KB = 1024).
+
+    Raises ValueError for anything else, including sizes that are not a whole number of bytes.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"invalid size {value}: must be >= 0")
+        return value
+    m = _SIZE_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is None or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {_show(value)} (expected {_SIZE_HINT})")
+    size = Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size != size.to_integral_value():
+        raise ValueError(f"invalid size {_show(value)}: not a whole number of bytes")
+    return int(size)
+
+
+@dataclass(frozen=True, slots=True)
+class Size(Kind):
+    """A size in bytes (int), written as an integer or with a KB/MB/GB suffix."""
+
+    min: int | None = None
+    max: int | None = None
+
+    def parse(self, value: Any) -> int:
+        try:
+            size = parse_size(value)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        if not _in_range(size, self.min, self.max):
+            got = _show(value) if isinstance(value, str) else str(value)
+            if isinstance(value, str):
+                got += f" ({size} bytes)"
+            raise _Invalid(
+                f"expected a size {_range_text(self.min, self.max, ' bytes')}, got {got}"
+            )
+        return size
+
+    def describe(self) -> str:
+        rng = _range_text(self.min, self.max, " bytes")
+        return f"size, {rng}" if rng else "size"
+
+
+@dataclass(frozen=True, slots=True)
+class Enum(Kind):
+    """One of a fixed set of lowercase words (matched case-insensitively); aliases map to them."""
+
+    choices: tuple[str, ...]
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def parse(self, value: Any) -> str:
+        if isinstance(value, str):
+            word = value.strip().lower()
+            word = self.aliases.get(word, word)
+            if word in self.choices:
+                return word
+        raise _Invalid(f"expected one of {', '.join(self.choices)}, got {_show(value)}")
+
+    def describe(self) -> str:
+        text = "one of " + ", ".join(f"`{c}`" for c in self.choices)
+        if self.aliases:
+            text += " (" + ", ".join(f"`{a}` = `{c}`" for a, c in self.aliases.items()) + ")"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Str(Kind):
+    """A string; `what` names it in messages and docs (`string`, `path`, ...)."""
+
+    what: str = "string"
+    allow_empty: bool = False
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or (not value and not self.allow_empty):
+            article = "a" if self.allow_empty else "a non-empty"
+            raise _Invalid(f"expected {article} {self.what}, got {_show(value)}")
+        return value
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True, slots=True)
+class Bool(Kind):
+    """`true` or `false` (YAML booleans only; the strings "yes"/"no" are not accepted)."""
+
+    def parse(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _Invalid(f"expected true or false, got {_show(value)}")
+        return value
+
+    def describe(self) -> str:
+        return "boolean"
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_ADDR_HINT = 'expected "host:port", ":port" (all interfaces), "[ipv6]:port", or "" to disable'
+
+
+def parse_addr(s: str) -> tuple[str, int] | None:
+    """Parse a listen address into `(host, port)`; `None` for `""` (listener disabled).
+
+    `":1883"` -> `("", 1883)` (all interfaces), `"127.0.0.1:1883"`, `"[::1]:1883"` ->
+    `("::1", 1883)`, `"localhost:1883"`. Raises ValueError with a readable message otherwise.
+    """
+    if not isinstance(s, str):
+        raise ValueError(f"invalid address {_show(s)} ({_ADDR_HINT})")
+    if s == "":
+        return None
+    host, sep, port_text = s.rpartition(":")
+    if not sep:
+        raise ValueError(f"invalid address {_show(s)} ({_ADDR_HINT})")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid address {_show(s)}: {_show(host)} is not an IPv6 address")
+    elif ":" in host:
+        raise ValueError(
+            f"invalid address {_show(s)}: write IPv6 addresses in brackets, e.g. [::1]:1883"
+        )
+    elif host:
+        _check_host(s, host)
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid address {_show(s)}: port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _check_host(addr: str, host: str) -> None:
+    """Accept an IPv4 address or a DNS host name; raise ValueError otherwise."""
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"invalid address {_show(addr)}: {_show(host)} is not an IPv4 address")
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"invalid address {_show(addr)}: {_show(host)} is not a valid host name")
+
+
+@dataclass(frozen=True, slots=True)
+class Addr(Kind):
+    """A listen address string (`host:port`, `:port`, `[ipv6]:port`, or `""` = disabled)."""
+
+    def parse(self, value: Any) -> str:
+        try:
+            parse_addr(value)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        return value
+
+    def describe(self) -> str:
+        return "address"
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema mechanism: sections are frozen dataclasses whose fields carry their spec as metadata.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    kind: Kind
+    default: Any  # as written in YAML (e.g. "60s"); parsed into the dataclass default
+    doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Subsection:
+    cls: type[Section]
+    doc: str
+    defaults: Mapping[str, Any]  # per-instance default overrides of cls's own settings
+
+
+def setting(kind: Kind, default: Any, doc: str) -> Any:
+    """Declare a setting: its kind, its default as written in YAML, and a one-paragraph doc."""
+    try:
+        value = kind.parse(default)
+    except _Invalid as e:
+        raise TypeError(f"invalid default {default!r}: {e}") from None
+    return dataclasses.field(default=value, metadata={_META: _Setting(kind, default, doc)})
+
+
+def subsection(cls: type[Section], doc: str, **defaults: Any) -> Any:
+    """Declare a nested section; `defaults` override defaults of `cls`'s settings here only.
+
+    Example: `tls: TCPListenerConfig = subsection(TCPListenerConfig, "TLS listener", addr="")`.
+    """
+    specs = _field_specs(cls)
+    for name, raw in defaults.items():
+        spec = specs.get(name)
+        if not isinstance(spec, _Setting):
+            raise TypeError(f"{cls.__name__} has no setting {name!r}")
+        setting(spec.kind, raw, spec.doc)  # validates the override
+    frozen = MappingProxyType(dict(defaults))
+    return dataclasses.field(
+        default_factory=lambda: _build(cls, {}, "", frozen),
+        metadata={_META: _Subsection(cls, doc, frozen)},
+    )
+
+
+class Section:
+    """Base class of every config section: adds `to_dict()`."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """This section's effective values as plain YAML-able data (durations as strings)."""
+        out: dict[str, Any] = {}
+        for name, spec in _field_specs(type(self)).items():
+            value = getattr(self, name)
+            out[name] = value.to_dict() if isinstance(spec, _Subsection) else spec.kind.dump(value)
+        return out
+
+
+_S = TypeVar("_S", bound=Section)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True)
+def section(cls: type[_S]) -> type[_S]:
+    """Class decorator for a config section: a frozen, slotted, keyword-only dataclass whose
+    fields are all declared with `setting(...)` or `subsection(...)`."""
+    made = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+    for f in dataclasses.fields(made):
+        if _META not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name}: declare it with setting() or subsection()")
+    return made
+
+
+def _field_specs(cls: type) -> dict[str, _Setting | _Subsection]:
+    """Field name -> spec, in declaration order."""
+    return {f.name: f.metadata[_META] for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """One setting in the schema, as listed by `iter_schema`."""
+
+    key: str
+    kind: Kind
+    default: Any  # as written in YAML
+    doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class SectionInfo:
+    """One section in the schema, as listed by `iter_schema`."""
+
+    key: str
+    cls: type[Section]
+    doc: str
+
+
+def iter_schema(
+    cls: type[Section] | None = None, prefix: str = "", defaults: Mapping[str, Any] | None = None
+) -> Iterator[SectionInfo | SettingInfo]:
+    """Walk the schema depth first in declaration order; a section comes before its contents."""
+    cls = cls or Config
+    defaults = defaults or {}
+    for name, spec in _field_specs(cls).items():
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(spec, _Subsection):
+            yield SectionInfo(key, spec.cls, spec.doc)
+            yield from iter_schema(spec.cls, key, spec.defaults)
+        else:
+            yield SettingInfo(key, spec.kind, defaults.get(name, spec.default), spec.doc)
+
+
+def iter_settings() -> Iterator[SettingInfo]:
+    """Every setting of the schema with its full dotted key."""
+    return (e for e in iter_schema() if isinstance(e, SettingInfo))
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema. One line per key; run `python -m fluxmq.config --write` after changing it.
+# ---------------------------------------------------------------------------------------------
+
+
+@section
+class TCPListenerConfig(Section):
+    """An MQTT-over-TCP listener."""
+
+    addr: str = setting(
+        Addr(),
+        ":1883",
+        'Listen address: "host:port", ":port" for all interfaces, "[ipv6]:port", '
+        'or "" to disable the listener.',
+    )
+    max_connections: int = setting(
+        Int(min=0),
+        10000,
+        "Most simultaneous connections on this listener; a new connection over the limit is "
+        "refused. 0 = unlimited.",
+    )
+    read_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "60s",
+        "A new connection must send its CONNECT packet within this time, and a partially "
+        "received packet must complete within it; otherwise the connection is closed.",
+    )
+    write_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "60s",
+        "A client that accepts no written data for this long is disconnected.",
+    )
+
+
+@section
+class TCPConfig(Section):
+    """MQTT over TCP."""
+
+    plain: TCPListenerConfig = subsection(TCPListenerConfig, "Plain (unencrypted) MQTT over TCP.")
+
+
+@section
+class ServerConfig(Section):
+    """Network listeners."""
+
+    tcp: TCPConfig = subsection(TCPConfig, "MQTT over TCP listeners.")
+
+
+@section
+class BrokerConfig(Section):
+    """MQTT protocol limits and timers."""
+
+    max_message_size: int = setting(
+        Size(1024, 268435455),
+        1048576,
+        "Largest MQTT packet accepted, in bytes (or with a KB/MB suffix). Advertised to MQTT 5 "
+        "clients as Maximum Packet Size; a larger inbound packet gets reason code 0x95 "
+        "(Packet too large).",
+    )
+    max_retained_messages: int = setting(
+        Int(min=0), 10000, "Most retained messages kept. 0 = unlimited."
+    )
+    max_qos: int = setting(Int(0, 2), 2, "Highest QoS level the broker supports (0, 1 or 2).")
+    max_inflight: int = setting(
+        Int(1, 65535),
+        100,
+        "Outbound QoS 1 and 2 messages in flight (sent, not yet acknowledged) per client; also "
+        "capped by the client's Receive Maximum.",
+    )
+    retry_interval: float = setting(
+        Duration(),
+        "20s",
+        "MQTT 3.1.1 only: resend an unacknowledged QoS 1 or 2 message after this long; 0 "
+        "disables resends. MQTT 5 forbids resending within a session, so MQTT 5 clients get "
+        "resends only when they reconnect.",
+    )
+    max_topic_alias: int = setting(
+        Int(0, 65535),
+        10,
+        "Topic Alias Maximum advertised to MQTT 5 clients: how many topic aliases a client may "
+        "use when publishing to the broker. 0 = no inbound topic aliases.",
+    )
+    receive_maximum: int = setting(
+        Int(1, 65535),
+        1024,
+        "Receive Maximum advertised to MQTT 5 clients: how many QoS 1 and 2 messages a client "
+        "may have unacknowledged towards the broker. A client sending more is disconnected "
+        "with reason code 0x93 (Receive Maximum exceeded).",
+    )
+    max_keepalive: int = setting(
+        Int(0, 65535),
+        65535,
+        "Largest Keep Alive accepted, in seconds. An MQTT 5 client asking for more (or for 0) "
+        "gets Server Keep Alive = this value; an MQTT 3.1.1 client asking for more is refused "
+        "with CONNACK 0x02 (identifier rejected), as Mosquitto does.",
+    )
+    sys_interval: float = setting(
+        Duration(),
+        "10s",
+        "How often the $SYS/broker/... statistics topics are published. 0 disables them.",
+    )
+
+
+@section
+class SessionConfig(Section):
+    """Persistent sessions."""
+
+    max_offline_queue_size: int = setting(
+        Int(min=1), 1000, "Most messages queued for one offline persistent session."
+    )
+    offline_queue_policy: str = setting(
+        Enum(("evict", "reject")),
+        "evict",
+        "When an offline session's queue is full: `evict` drops the oldest queued message to "
+        "make room, `reject` drops the new message.",
+    )
+    default_expiry_interval: int = setting(
+        Int(0, _UINT32_MAX),
+        7200,
+        "Session expiry, in seconds, for MQTT 3.1.1 clients connecting with clean session 0 "
+        "(MQTT 3.1.1 has no expiry field). 4294967295 = never expires.",
+    )
+    max_expiry_interval: int = setting(
+        Int(0, _UINT32_MAX),
+        _UINT32_MAX,
+        "Cap, in seconds, on the Session Expiry Interval an MQTT 5 client asks for; the capped "
+        "value is returned in CONNACK. 4294967295 = no cap.",
+    )
+
+
+@section
+class LogConfig(Section):
+    """Logging to standard error."""
+
+    level: str = setting(
+        Enum(("debug", "info", "warning", "error"), MappingProxyType({"warn": "warning"})),
+        "info",
+        "Least severe level logged. `fluxmq serve --log-level` overrides it.",
+    )
+    format: str = setting(
+        Enum(("text", "json")),
+        "text",
+        "`text`: one line per event, `<time> <LEVEL> <logger>: <message> key=value ...`; "
+        "`json`: one JSON object per line with `ts`, `level`, `logger`, `msg` and the event's "
+        "fields.",
+    )
+
+
+@section
+class StorageConfig(Section):
+    """Where durable state is kept."""
+
+    type: str = setting(
+        Enum(("memory", "lmdb")),
+        "memory",
+        "`memory`: nothing survives a restart; `lmdb`: durable state is kept in an LMDB "
+        "database under `storage.path`.",
+    )
+    path: str = setting(
+        Str("path"),
+        "./data",
+        "Directory for durable storage; a relative path is relative to the broker's working "
+        "directory.",
+    )
+
+
+@section
+class Config(Section):
+    """The whole FluxMQ configuration. `Config()` is the all-defaults configuration."""
+
+    server: ServerConfig = subsection(ServerConfig, "Network listeners.")
+    broker: BrokerConfig = subsection(BrokerConfig, "MQTT protocol limits and timers.")
+    session: SessionConfig = subsection(SessionConfig, "Persistent sessions.")
+    log: LogConfig = subsection(LogConfig, "Logging (to standard error).")
+    storage: StorageConfig = subsection(StorageConfig, "Where durable state is kept.")
+
+
+# Keys of the original Go broker that have a different name here (old key -> new key).
+_RENAMED = {
+    "storage.badger_dir": "storage.path",
+    "session.max_inflight_messages": "broker.max_inflight",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+# ---------------------------------------------------------------------------------------------
+
+
+def _build(cls: type[_S], data: Any, path: str, defaults: Mapping[str, Any]) -> _S:
+    """Validate `data` (a YAML mapping or None) against section `cls` and construct it."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        where = path or "top level"
+        raise ConfigError(f"{where}: expected a mapping of settings, got {_show(data)}", path)
+    specs = _field_specs(cls)
+    for key in data:
+        if not isinstance(key, str) or key not in specs:
+            raise _unknown_key(path, key, list(specs))
+    values: dict[str, Any] = {}
+    for name, spec in specs.items():
+        key = f"{path}.{name}" if path else name
+        if isinstance(spec, _Subsection):
+            values[name] = _build(spec.cls, data.get(name), key, spec.defaults)
+            continue
+        raw = data[name] if name in data else defaults.get(name, spec.default)
+        try:
+            values[name] = spec.kind.parse(raw)
+        except _Invalid as e:
+            raise ConfigError(f"{key}: {e}", key) from None
+    return cls(**values)
+
+
+def _unknown_key(path: str, key: Any, siblings: list[str]) -> ConfigError:
+    """The error for an unknown key, with the closest known key if there is one."""
+    name = key if isinstance(key, str) else _show(key)
+    full = f"{path}.{name}" if path else name
+    hint = _suggest(path, name, siblings)
+    if hint:
+        return ConfigError(f"unknown key {full} (did you mean {hint}?)", full)
+    return ConfigError(f"unknown key {full} (valid keys here: {', '.join(siblings)})", full)
+
+
+def _suggest(path: str, name: str, siblings: list[str]) -> str | None:
+    """The closest known key: a renamed key, a similar sibling, a key elsewhere with this name,
+    or a similar full key path."""
+    full = f"{path}.{name}" if path else name
+    if full in _RENAMED:
+        return _RENAMED[full]
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"{path}.{close[0]}" if path else close[0]
+    known = [e.key for e in iter_schema() if not full.startswith(e.key + ".")]
+    same_name = [k for k in known if k.rsplit(".", 1)[-1] == name]
+    if same_name:
+        return same_name[0]
+    close = difflib.get_close_matches(full, known, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe YAML loader that rejects duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # unhashable key: the constructor reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {_show(key)}", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
+    """Read the config file, turning OS and encoding errors into ConfigError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {os.fspath(path)}")
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read config file {os.fspath(path)}: it is a directory")
+    except PermissionError:
+        raise ConfigError(f"cannot read config file {os.fspath(path)}: permission denied")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"cannot read config file {os.fspath(path)}: not UTF-8 (invalid byte at offset {e.start})"
+        )
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {os.fspath(path)}: {e.strerror or e}")
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    """Parse YAML text; a syntax error becomes a ConfigError with line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = " ".join(str(e.problem or e.context or "syntax error").split())
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}")
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Set dotted keys (e.g. `log.level`) in raw YAML data, creating sections as needed."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                break  # the file has a non-mapping here; validation reports it
+        else:
+            node[leaf] = value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Load and validate a YAML config file; `None` means all defaults.
+
+    `overrides` maps dotted keys to raw values (as they would be written in YAML) and takes
+    precedence over the file, e.g. `{"log.level": "debug"}` from a command-line flag. An empty
+    file is the all-defaults config. Raises ConfigError with a one-line message.
+    """
+    data: Any = None
+    if path is not None:
+        data = _parse_yaml(_read_text(path), os.fspath(path))
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(
+                f"{os.fspath(path)}: the top level must be a mapping of sections "
+                f"({', '.join(_field_specs(Config))}), got {_show(data)}"
+            )
+    data = dict(data or {})
+    if overrides:
+        _apply_overrides(data, overrides)
+    return _build(Config, data, "", {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated documentation: the reference tables and the example config.
+# ---------------------------------------------------------------------------------------------
+
+DOCS_BEGIN = "<!-- BEGIN GENERATED REFERENCE: edit fluxmq/config.py, then run `python -m fluxmq.config --write` -->"
+DOCS_END = "<!-- END GENERATED REFERENCE -->"
+
+
+def render_docs_reference() -> str:
+    """The Markdown reference: one table per section that has settings, from the schema."""
+    out: list[str] = [DOCS_BEGIN]
+    for entry in iter_schema():
+        if isinstance(entry, SectionInfo):
+            if any(isinstance(s, _Setting) for s in _field_specs(entry.cls).values()):
+                out += ["", f"### `{entry.key}`", "", entry.doc, ""]
+                out += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
+            continue
+        cells = [
+            f"`{entry.key}`",
+            entry.kind.describe(),
+            f"`{_render_scalar(entry.default, entry.kind)}`",
+            entry.doc,
+        ]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    out += ["", DOCS_END]
+    return "\n".join(out) + "\n"
+
+
+def _comment(text: str, indent: str, width: int = 96) -> list[str]:
+    """`text` as wrapped YAML comment lines."""
+    return textwrap.wrap(
+        text, width=width, initial_indent=indent + "# ", subsequent_indent=indent + "# "
+    )
+
+
+EXAMPLE_HEADER = """\
+# FluxMQ example configuration: every setting, at its default value.
+#
+# Run with `fluxmq serve --config fluxmq.yaml`; check a file with `fluxmq check-config FILE`.
+# Every key is optional (a missing key keeps its default) and an unknown key is an error.
+# Durations: a number of seconds or "100ms", "30s", "5m", "2h", "1h30m".
+# Sizes: a number of bytes or "512KB", "10MB", "1GB" (1KB = 1024 bytes).
+# The full reference is docs/configuration.md. This file is generated from the schema in
+# fluxmq/config.py by `python -m fluxmq.config --write`.
+"""
+
+
+def render_example() -> str:
+    """The example YAML config: every key at its default, each with its doc as a comment."""
+    out = [EXAMPLE_HEADER.rstrip("\n")]
+    for entry in iter_schema():
+        depth = entry.key.count(".")
+        indent = "  " * depth
+        if depth == 0:
+            out.append("")
+        if isinstance(entry, SectionInfo):
+            out += [*_comment(entry.doc, indent), f"{indent}{entry.key.rsplit('.', 1)[-1]}:"]
+        else:
+            value = _render_scalar(entry.default, entry.kind)
+            out += _comment(entry.doc, indent)
+            out.append(f"{indent}# Type: {entry.kind.describe().replace('`', '')}.")
+            out.append(f"{indent}{entry.key.rsplit('.', 1)[-1]}: {value}")
+    return "\n".join(out) + "\n"
+
+
+def replace_docs_reference(markdown: str) -> str:
+    """`markdown` with the text between the generated-reference markers regenerated."""
+    start, end = markdown.find(DOCS_BEGIN), markdown.find(DOCS_END)
+    if start < 0 or end < start:
+        raise ValueError("the generated-reference markers are missing")
+    after = markdown[end + len(DOCS_END) :]
+    return markdown[:start] + render_docs_reference() + after.removeprefix("\n")
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m fluxmq.config --write [DOCS] [EXAMPLE]`: regenerate the docs and example."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "--write":
+        print(_main.__doc__, file=sys.stderr)
+        return 2
+    docs = Path(args[1] if len(args) > 1 else "docs/configuration.md")
+    example = Path(args[2] if len(args) > 2 else "examples/fluxmq.yaml")
+    docs.write_text(replace_docs_reference(docs.read_text(encoding="utf-8")), encoding="utf-8")
+    example.parent.mkdir(parents=True, exist_ok=True)
+    example.write_text(render_example(), encoding="utf-8")
+    print(f"wrote {docs} and {example}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
