@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.brokerproc import BrokerProc
-from tests.protocol.rawmqtt import V5, PacketType, RawClient
+from tests.protocol.rawmqtt import V5, Packet, PacketType, RawClient
 
 WAIT = 3.0  # how long to wait for something that must happen
 QUIET = 0.4  # how long to watch for something that must not happen
@@ -368,3 +368,37 @@ def wait_until(pred: Callable[[], bool], timeout: float = WAIT, interval: float 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+# -- assertions shared by the protocol tests --------------------------------------------------
+
+
+def assert_no_success_connack(got: list[Packet], version: int) -> None:
+    """After a refused CONNECT: MQTT 3.1.1 closes without CONNACK [MQTT-3.1.4-1]; MQTT 5 MAY send a
+    CONNACK with a Reason Code >= 0x80 first (spec 3.1.4 step 2, 4.13.1) - nothing else."""
+    if version != V5:
+        assert got == [], f"3.1.1 server must close without sending anything, got {got}"
+        return
+    assert len(got) <= 1, got
+    for p in got:
+        assert p.type == PacketType.CONNACK and (p.reason_code or 0) >= 0x80, p
+        assert p.session_present is False, p  # [MQTT-3.2.2-6]
+
+
+def assert_only_disconnect(got: list[Packet], codes: set[int] | None = None) -> None:
+    """What a v5 client may see before the server closes the connection on an error: nothing,
+    or exactly one DISCONNECT whose reason code is in `codes` (4.13.1: SHOULD send)."""
+    assert len(got) <= 1, f"expected at most one DISCONNECT, got {got}"
+    for p in got:
+        assert p.type == PacketType.DISCONNECT, f"expected DISCONNECT, got {p}"
+        if codes is not None:
+            assert p.reason_code in codes, f"reason 0x{p.reason_code:02x} not in {codes}"
+
+
+def assert_disconnect(got: list[Packet], codes: set[int]) -> None:
+    """Exactly one DISCONNECT, with a reason code in `codes`, then the close."""
+    assert len(got) == 1 and got[0].type == PacketType.DISCONNECT, f"expected DISCONNECT: {got}"
+    assert got[0].reason_code in codes, (
+        f"DISCONNECT reason 0x{got[0].reason_code:02x}, expected one of "
+        + ", ".join(f"0x{c:02x}" for c in sorted(codes))
+    )
