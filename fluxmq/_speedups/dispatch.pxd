@@ -1,0 +1,54 @@
+# Publish -> match -> deliver: the broker's routing core (domain; no wire format).
+
+from fluxmq._speedups.message cimport Message
+from fluxmq._speedups.session cimport Session, Subscription
+from fluxmq._speedups.trie cimport TopicTrie
+
+
+cdef class Counters:
+    cdef public unsigned long long messages_received    # every packet received
+    cdef public unsigned long long messages_sent        # every packet sent
+    cdef public unsigned long long publish_received
+    cdef public unsigned long long publish_sent
+    cdef public unsigned long long publish_dropped
+    cdef public unsigned long long bytes_received
+    cdef public unsigned long long bytes_sent
+
+
+cdef class SharedGroup:
+    cdef public str name
+    cdef public str topic_filter
+    cdef public list members              # [Subscription], one per session
+    cdef Py_ssize_t _next
+
+    cdef Subscription pick(self, int qos, Session avoid)
+
+
+cdef class Target:
+    cdef Session session
+    cdef int qos
+    cdef object sub_ids
+    cdef bint rap
+    cdef bint any_no_local
+    cdef list subs
+
+
+cdef class Route:
+    cdef list targets
+    cdef list groups
+
+
+cdef class Dispatcher:
+    cdef TopicTrie trie
+    cdef dict _cache
+    cdef dict _groups                     # (group, filter) -> SharedGroup
+    cdef public object on_retain          # callable(Message) for retained publishes
+    cdef public Counters counters
+    cdef public Py_ssize_t cache_max
+
+    cpdef int subscribe(self, Subscription sub) except -1
+    cpdef object unsubscribe(self, Session session, str topic_filter, str share_group=*)
+    cdef Route route(self, str topic)
+    cpdef int publish(self, Message msg) except -1
+    cdef int _deliver_target(self, Target t, Message msg) except -1
+    cdef int _deliver_group(self, SharedGroup g, Message msg, Session avoid) except -1

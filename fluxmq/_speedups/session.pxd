@@ -1,0 +1,62 @@
+# One client's session state (the domain): subscriptions, in-flight and queued messages.
+# It delivers through an Outlet, which the protocol layer implements.
+
+from fluxmq._speedups.message cimport Message
+
+
+cdef class Outlet:
+    cdef int send_publish(self, Message msg, int qos, int packet_id, bint dup, bint retain,
+                          object sub_ids) except -1
+    cdef int send_pubrel(self, int packet_id) except -1
+
+
+cdef class Subscription:
+    cdef public str topic_filter          # without any $share/<group>/ prefix
+    cdef public str share_group           # None unless a shared subscription
+    cdef public int qos
+    cdef public bint no_local
+    cdef public bint retain_as_published
+    cdef public int retain_handling
+    cdef public object identifier         # subscription identifier, or None
+    cdef public Session session
+
+
+cdef class Inflight:
+    cdef public Message msg
+    cdef public int qos
+    cdef public bint retain
+    cdef public object sub_ids
+    cdef public int state                 # 0 queued, 1 PUBLISH sent, 2 PUBREL sent
+    cdef public double sent_at
+    cdef public object group              # the SharedGroup it was chosen through, or None
+
+
+cdef class Session:
+    cdef public str client_id
+    cdef public Outlet outlet             # the connection it is attached to; None when offline
+    cdef public dict subscriptions        # filter as subscribed (with $share/...) -> Subscription
+    cdef public unsigned long expiry_interval   # seconds after disconnect; 0xFFFFFFFF = never
+    cdef public int window                # outbound QoS>0 in flight at most
+    cdef public int max_queue
+    cdef public bint drop_new             # policy when full: True rejects the new message
+    cdef public object will               # the will (a domain Will) or None
+    cdef public set awaiting_rel          # inbound QoS 2 packet ids awaiting PUBREL
+    cdef public double disconnected_at    # wall-clock time it went offline; 0 while online
+    cdef public unsigned long long dropped
+    cdef public object store              # persistence hook (None for the memory store)
+    cdef public object expiry_handle      # the broker's timer for expiry while offline
+    cdef dict inflight                    # packet id -> Inflight, in send order
+    cdef object queue                     # deque of Inflight not yet sent
+    cdef int next_pid
+
+    cdef int deliver(self, Message msg, int qos, bint retain, object sub_ids,
+                     object group) except -1
+    cdef int _enqueue(self, Inflight e) except -1
+    cdef int _send(self, Inflight e, bint dup) except -1
+    cdef int _alloc_pid(self) except -1
+    cpdef int on_puback(self, int packet_id) except -1
+    cpdef int on_pubrec(self, int packet_id, int reason) except -1
+    cpdef int on_pubcomp(self, int packet_id) except -1
+    cpdef int pump(self) except -1
+    cpdef int resume(self, Outlet outlet) except -1
+    cpdef int retry_due(self, double now, double interval) except -1

@@ -1,0 +1,300 @@
+# cython: language_level=3
+"""A client's session: what the broker owes it, whether or not it is connected.
+
+The session owns packet identifiers and the outbound in-flight window (bounded by the client's
+Receive Maximum and broker.max_inflight), the queue of messages waiting for the window or for
+the client to come back (bounded by session.max_offline_queue_size, evicting the oldest or
+rejecting the newest), and the inbound QoS 2 packet identifiers awaiting PUBREL. It delivers
+through an `Outlet` (the protocol layer's connection) and never sees a wire format.
+"""
+
+from collections import deque
+import time
+
+
+cdef class Outlet:
+    """The protocol layer's end of a session (a connected client)."""
+
+    cdef int send_publish(self, Message msg, int qos, int packet_id, bint dup, bint retain,
+                          object sub_ids) except -1:
+        """Send msg; 1 if sent, 0 if this client cannot take it (then it is dropped for it)."""
+        raise TypeError(f"{type(self).__name__} is an abstract Outlet")
+
+    cdef int send_pubrel(self, int packet_id) except -1:
+        raise TypeError(f"{type(self).__name__} is an abstract Outlet")
+
+
+cdef class Subscription:
+    """One subscription of one session, with its options."""
+
+    def __init__(self, Session session, str topic_filter, int qos=0, *, str share_group=None,
+                 bint no_local=False, bint retain_as_published=False, int retain_handling=0,
+                 object identifier=None):
+        self.session = session
+        self.topic_filter = topic_filter
+        self.share_group = share_group
+        self.qos = qos
+        self.no_local = no_local
+        self.retain_as_published = retain_as_published
+        self.retain_handling = retain_handling
+        self.identifier = identifier
+
+    @property
+    def full_filter(self) -> str:
+        """The filter as the client wrote it ($share/<group>/<filter> when shared)."""
+        if self.share_group is None:
+            return self.topic_filter
+        return f"$share/{self.share_group}/{self.topic_filter}"
+
+    def __repr__(self):
+        return (f"Subscription({self.session.client_id!r}, {self.full_filter!r}, qos={self.qos}, "
+                f"id={self.identifier})")
+
+
+cdef class Inflight:
+    """An outbound QoS 1/2 delivery: queued, sent, or (QoS 2) released."""
+
+    def __repr__(self):
+        return f"Inflight({self.msg!r}, qos={self.qos}, state={self.state})"
+
+
+cdef class Session:
+    """A client's session state."""
+
+    def __init__(self, str client_id, unsigned long expiry_interval=0, int window=65535,
+                 int max_queue=1000, bint drop_new=False):
+        self.client_id = client_id
+        self.expiry_interval = expiry_interval
+        self.window = window
+        self.max_queue = max_queue
+        self.drop_new = drop_new
+        self.subscriptions = {}
+        self.inflight = {}
+        self.queue = deque()
+        self.awaiting_rel = set()
+        self.next_pid = 1
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    cdef int deliver(self, Message msg, int qos, bint retain, object sub_ids,
+                     object group) except -1:
+        """Deliver msg at `qos` (already downgraded to the subscription's). Returns 1 if sent
+        or queued, 0 if dropped."""
+        cdef Inflight e
+        if qos == 0:
+            if self.outlet is None:
+                return 0          # QoS 0 is not queued for an offline session (as Mosquitto)
+            return self.outlet.send_publish(msg, 0, 0, False, retain, sub_ids)
+        msg.detach()
+        e = Inflight.__new__(Inflight)
+        e.msg = msg
+        e.qos = qos
+        e.retain = retain
+        e.sub_ids = sub_ids
+        e.group = group
+        if self.outlet is not None and not self.queue and len(self.inflight) < self.window:
+            return self._send(e, False)
+        return self._enqueue(e)
+
+    cdef int _enqueue(self, Inflight e) except -1:
+        if len(self.queue) >= self.max_queue:
+            self.dropped += 1
+            if self.drop_new:
+                return 0
+            self.queue.popleft()
+        self.queue.append(e)
+        if self.store is not None:
+            self.store.queued(self, e)
+        return 1
+
+    cdef int _alloc_pid(self) except -1:
+        cdef int pid = self.next_pid
+        cdef int tries = 0
+        while pid in self.inflight:
+            pid = pid + 1 if pid < 65535 else 1
+            tries += 1
+            if tries > 65535:
+                raise RuntimeError("no free packet identifier")
+        self.next_pid = pid + 1 if pid < 65535 else 1
+        return pid
+
+    cdef int _send(self, Inflight e, bint dup) except -1:
+        cdef int pid = self._alloc_pid()
+        if not self.outlet.send_publish(e.msg, e.qos, pid, dup, e.retain, e.sub_ids):
+            self.dropped += 1
+            return 0
+        e.state = 1
+        e.sent_at = time.monotonic()
+        self.inflight[pid] = e
+        if self.store is not None:
+            self.store.inflight(self, pid, e)
+        return 1
+
+    cpdef int pump(self) except -1:
+        """Send queued messages while the window has room (expired ones are dropped)."""
+        cdef Inflight e
+        cdef double now = 0.0
+        while self.queue and self.outlet is not None and len(self.inflight) < self.window:
+            e = <Inflight>self.queue.popleft()
+            if self.store is not None:
+                self.store.unqueued(self, e)
+            if e.msg.expires_at != 0.0:
+                if now == 0.0:
+                    now = time.time()
+                if e.msg.expired(now):
+                    continue
+            self._send(e, False)
+        return 0
+
+    # -- acknowledgements from the client --------------------------------------------------------
+
+    cpdef int on_puback(self, int packet_id) except -1:
+        """PUBACK (QoS 1 done). Returns 1 if the packet id was in flight."""
+        cdef Inflight e = self.inflight.get(packet_id)
+        if e is None or e.qos != 1:
+            return 0
+        del self.inflight[packet_id]
+        if self.store is not None:
+            self.store.acked(self, packet_id)
+        if self.queue:
+            self.pump()
+        return 1
+
+    cpdef int on_pubrec(self, int packet_id, int reason) except -1:
+        """PUBREC: release with PUBREL, or end the flow on an error reason. 1 if known."""
+        cdef Inflight e = self.inflight.get(packet_id)
+        if e is None or e.qos != 2:
+            return 0
+        if reason >= 0x80:
+            del self.inflight[packet_id]
+            if self.store is not None:
+                self.store.acked(self, packet_id)
+            if self.queue:
+                self.pump()
+            return 1
+        e.state = 2
+        e.msg = None          # only the packet identifier matters from here on
+        if self.store is not None:
+            self.store.released(self, packet_id)
+        if self.outlet is not None:
+            self.outlet.send_pubrel(packet_id)
+        return 1
+
+    cpdef int on_pubcomp(self, int packet_id) except -1:
+        cdef Inflight e = self.inflight.get(packet_id)
+        if e is None or e.state != 2:
+            return 0
+        del self.inflight[packet_id]
+        if self.store is not None:
+            self.store.acked(self, packet_id)
+        if self.queue:
+            self.pump()
+        return 1
+
+    # -- connection changes ----------------------------------------------------------------------
+
+    cpdef int resume(self, Outlet outlet) except -1:
+        """Attach to a new connection: re-send every unacknowledged PUBLISH (DUP) and PUBREL
+        with its original packet identifier, in order [MQTT-4.4.0-1], then pump the queue."""
+        cdef Inflight e
+        self.outlet = outlet
+        self.disconnected_at = 0.0
+        for pid, e in list(self.inflight.items()):
+            if self.outlet is None:
+                break
+            if e.state == 2:
+                outlet.send_pubrel(pid)
+            elif not outlet.send_publish(e.msg, e.qos, pid, True, e.retain, e.sub_ids):
+                del self.inflight[pid]
+                self.dropped += 1
+            else:
+                e.sent_at = time.monotonic()
+        self.pump()
+        return 0
+
+    cpdef int retry_due(self, double now, double interval) except -1:
+        """MQTT 3.1.1 only: re-send PUBLISH/PUBREL unacknowledged for `interval` seconds."""
+        cdef Inflight e
+        cdef int n = 0
+        if self.outlet is None:
+            return 0
+        for pid, e in list(self.inflight.items()):
+            if now - e.sent_at < interval:
+                continue
+            e.sent_at = now
+            n += 1
+            if e.state == 2:
+                self.outlet.send_pubrel(pid)
+            else:
+                self.outlet.send_publish(e.msg, e.qos, pid, True, e.retain, e.sub_ids)
+        return n
+
+    def detach(self):
+        """The connection went away; the session stays (or is discarded by the broker)."""
+        self.outlet = None
+        self.disconnected_at = time.time()
+
+    def take_shared(self) -> list:
+        """Remove and return the QoS>0 deliveries that came through shared subscriptions and
+        are not yet acknowledged (queued or PUBLISH sent), so another member can have them."""
+        cdef Inflight e
+        out = []
+        keep = deque()
+        for e in self.queue:
+            (out if e.group is not None else keep).append(e)
+        self.queue = keep
+        for pid, e in list(self.inflight.items()):
+            if e.group is not None and e.state == 1:
+                del self.inflight[pid]
+                out.append(e)
+        return out
+
+    def clear(self):
+        """Drop everything (clean start, or expiry)."""
+        self.inflight.clear()
+        self.queue.clear()
+        self.awaiting_rel.clear()
+
+    # -- introspection (tests, $SYS, admin API, storage) ------------------------------------------
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self.inflight)
+
+    @property
+    def queued_count(self) -> int:
+        return len(self.queue)
+
+    def inflight_items(self) -> list:
+        return list(self.inflight.items())
+
+    def queued_items(self) -> list:
+        return list(self.queue)
+
+    def restore_inflight(self, int packet_id, Inflight e):
+        """Storage: put back an in-flight entry read from disk."""
+        self.inflight[packet_id] = e
+        if packet_id >= self.next_pid:
+            self.next_pid = packet_id + 1 if packet_id < 65535 else 1
+
+    def restore_queued(self, Inflight e):
+        self.queue.append(e)
+
+    @staticmethod
+    def new_inflight(Message msg, int qos, bint retain, object sub_ids, int state):
+        cdef Inflight e = Inflight.__new__(Inflight)
+        e.msg = msg
+        e.qos = qos
+        e.retain = retain
+        e.sub_ids = sub_ids
+        e.state = state
+        return e
+
+    @property
+    def online(self) -> bool:
+        return self.outlet is not None
+
+    def __repr__(self):
+        return (f"Session({self.client_id!r}, online={self.outlet is not None}, "
+                f"subs={len(self.subscriptions)}, inflight={len(self.inflight)}, "
+                f"queued={len(self.queue)})")

@@ -1,0 +1,53 @@
+"""SUBSCRIBE: one reason code per filter, then the retained messages the options ask for."""
+
+from __future__ import annotations
+
+from fluxmq._speedups import codec
+from fluxmq._speedups.session import Subscription
+from fluxmq.mqtt import reason_codes as rc
+
+
+def split_shared(topic_filter: str) -> tuple[str | None, str]:
+    """`$share/<group>/<filter>` -> (group, filter); anything else -> (None, filter)."""
+    if topic_filter.startswith("$share/"):
+        _, group, inner = topic_filter.split("/", 2)
+        return group, inner
+    return None, topic_filter
+
+
+def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
+    broker = conn.broker
+    session = conn.session
+    v5 = conn.version == 5
+    max_qos = conn.listener.settings.max_qos
+    sub_id = None
+    if pkt.properties is not None and pkt.properties.subscription_identifiers:
+        sub_id = pkt.properties.subscription_identifiers[0]
+    codes: list[int] = []
+    granted: list[tuple[Subscription, bool]] = []
+    for req in pkt.requests:
+        topic_filter = req.topic_filter
+        if not codec.valid_topic_filter(topic_filter):
+            codes.append(rc.TOPIC_FILTER_INVALID if v5 else 0x80)
+            continue
+        group, inner = split_shared(topic_filter)
+        if group is not None and req.no_local:
+            raise codec.ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
+        if not broker.hooks.authorize_subscribe(conn.client_id, conn.username, topic_filter):
+            codes.append(rc.NOT_AUTHORIZED if v5 else 0x80)
+            continue
+        qos = min(req.qos, max_qos)
+        sub = Subscription(
+            session, inner, qos, share_group=group, no_local=req.no_local,
+            retain_as_published=req.retain_as_published, retain_handling=req.retain_handling,
+            identifier=sub_id,
+        )
+        granted.append((sub, broker.subscribe(session, sub)))
+        codes.append(qos)
+    conn.send(codec.Suback(pkt.packet_id, codes))
+    for sub, new in granted:
+        # Retained messages go to new non-shared subscriptions as Retain Handling says.
+        if sub.share_group is None and (
+            sub.retain_handling == 0 or (sub.retain_handling == 1 and new)
+        ):
+            broker.send_retained(session, sub)
