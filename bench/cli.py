@@ -230,4 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if a.json_out:
         Path(a.json_out).write_text(text + "\n")
+    if not summary["connections"]["connected"]:
+        print(f"error: no connection established: {summary['errors']['by_kind']}", file=sys.stderr)
+        return 1
     return 0
