@@ -52,6 +52,7 @@ cdef class ChannelCore(Outlet):
 
     cdef int _on_publish(self, Frame* f) except -1
     cdef int _on_ack(self, Frame* f, int ptype) except -1
+    cdef str _why(self, str reason_string)
     cdef int _ack(self, int ptype, int packet_id, int reason, str reason_string) except -1
     cdef int _wire_publish(self, Message msg, int qos, int packet_id, bint dup, bint retain,
                            object sub_ids, long expiry) except -1

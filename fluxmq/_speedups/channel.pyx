@@ -55,6 +55,9 @@ cdef class Limits:
         self.max_pending_bytes = max_pending_bytes
 
 
+UNKNOWN_PID = "packet identifier not found"
+
+
 cdef inline bint _valid_utf8(Message msg):
     try:
         PyUnicode_DecodeUTF8(PyBytes_AS_STRING(msg._pbuf) + msg._poff, msg._plen, NULL)
@@ -232,11 +235,11 @@ cdef class ChannelCore(Outlet):
             if self.version != MQTT_5:
                 reason = 0               # 3.1.1 has no refusal: acknowledge and drop
         if qos == 1:
-            self._ack(PUBACK, pid, reason, why if self.problem_info else None)
+            self._ack(PUBACK, pid, reason, self._why(why))
         elif qos == 2:
             if reason < 0x80:
                 self.session.awaiting_rel.add(pid)
-            self._ack(PUBREC, pid, reason, why if self.problem_info else None)
+            self._ack(PUBREC, pid, reason, self._why(why))
         return 0
 
     # -- acknowledgements of our deliveries, and PUBREL of theirs ---------------------------------
@@ -253,16 +256,20 @@ cdef class ChannelCore(Outlet):
             self.session.on_puback(pid)
         elif ptype == PUBREC:
             if not self.session.on_pubrec(pid, 0):
-                self._ack(PUBREL, pid, 0x92, None)
+                self._ack(PUBREL, pid, 0x92, self._why(UNKNOWN_PID))
         elif ptype == PUBREL:
             if pid in self.session.awaiting_rel:
                 self.session.awaiting_rel.discard(pid)
                 self._ack(PUBCOMP, pid, 0, None)
             else:
-                self._ack(PUBCOMP, pid, 0x92, None)
+                self._ack(PUBCOMP, pid, 0x92, self._why(UNKNOWN_PID))
         else:
             self.session.on_pubcomp(pid)
         return 0
+
+    cdef inline str _why(self, str reason_string):
+        """A reason string, unless the client asked for none (Request Problem Information 0)."""
+        return reason_string if self.problem_info else None
 
     def on_ack_packet(self, pkt):
         """An acknowledgement with a reason code or properties (the long form)."""
@@ -272,13 +279,13 @@ cdef class ChannelCore(Outlet):
             self.session.on_puback(pid)
         elif ptype == PUBREC:
             if not self.session.on_pubrec(pid, pkt.reason_code):
-                self._ack(PUBREL, pid, 0x92, None)
+                self._ack(PUBREL, pid, 0x92, self._why(UNKNOWN_PID))
         elif ptype == PUBREL:
             if pid in self.session.awaiting_rel:
                 self.session.awaiting_rel.discard(pid)
                 self._ack(PUBCOMP, pid, 0, None)
             else:
-                self._ack(PUBCOMP, pid, 0x92, None)
+                self._ack(PUBCOMP, pid, 0x92, self._why(UNKNOWN_PID))
         else:
             self.session.on_pubcomp(pid)
 

@@ -15,6 +15,20 @@ def split_shared(topic_filter: str) -> tuple[str | None, str]:
     return None, topic_filter
 
 
+_WHY = {
+    rc.TOPIC_FILTER_INVALID: "invalid topic filter",
+    rc.NOT_AUTHORIZED: "not authorized",
+    rc.QUOTA_EXCEEDED: "subscribe rate exceeded",
+}
+
+
+def _explain(codes: list[int]) -> str:
+    """A reason string naming each refused filter's problem, by position."""
+    return "; ".join(
+        f"filter {i + 1}: {_WHY.get(code, 'refused')}" for i, code in enumerate(codes) if code >= 0x80
+    )
+
+
 def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
     broker = conn.broker
     session = conn.session
@@ -44,7 +58,10 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
         )
         granted.append((sub, broker.subscribe(session, sub)))
         codes.append(qos)
-    conn.send(codec.Suback(pkt.packet_id, codes))
+    props = None
+    if v5 and conn.problem_info and any(code >= 0x80 for code in codes):
+        props = codec.Properties(reason_string=_explain(codes))
+    conn.send(codec.Suback(pkt.packet_id, codes, props))
     for sub, new in granted:
         # Retained messages go to new non-shared subscriptions as Retain Handling says.
         if sub.share_group is None and (

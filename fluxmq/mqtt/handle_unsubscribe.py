@@ -16,4 +16,7 @@ def handle_unsubscribe(conn, pkt: codec.Unsubscribe) -> None:
         group, inner = split_shared(topic_filter)
         removed = conn.broker.unsubscribe(conn.session, inner, group)
         codes.append(rc.SUCCESS if removed else rc.NO_SUBSCRIPTION_EXISTED)
-    conn.send(codec.Unsuback(pkt.packet_id, codes if conn.version == 5 else []))
+    props = None
+    if conn.version == 5 and conn.problem_info and rc.TOPIC_FILTER_INVALID in codes:
+        props = codec.Properties(reason_string="invalid topic filter")
+    conn.send(codec.Unsuback(pkt.packet_id, codes if conn.version == 5 else [], props))
