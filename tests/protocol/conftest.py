@@ -50,6 +50,14 @@ def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPr
     b.stop()
 
 
+@pytest.fixture(autouse=True)
+def _close_raw_clients() -> Iterator[None]:
+    """Close every RawClient a test left open (sockets must not leak between tests)."""
+    yield
+    for c in list(RawClient.live):
+        c.close()
+
+
 @pytest.fixture
 def uid() -> str:
     """A short unique token (valid in client ids of every MQTT version and in topics)."""

@@ -88,7 +88,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 V31 = 3
 V311 = 4
@@ -856,7 +856,10 @@ class RawClient:
     """A blocking TCP MQTT client that sends exactly the bytes it is given.
 
     `version` selects how incoming packets are parsed and the layout of packets built by the
-    convenience methods. Every read is bounded by a timeout (default `timeout`)."""
+    convenience methods. Every read is bounded by a timeout (default `timeout`).
+    `RawClient.live` holds every client not yet closed (test fixtures close leftovers)."""
+
+    live: ClassVar[set[RawClient]] = set()
 
     def __init__(self, address: Address, *, version: int = V5, timeout: float = DEFAULT_TIMEOUT):
         self.address = _addr(address)
@@ -869,6 +872,7 @@ class RawClient:
         self._eof = False
         self._pid = 0
         self.connack: Packet | None = None
+        RawClient.live.add(self)
 
     @classmethod
     def connected(
@@ -1030,6 +1034,7 @@ class RawClient:
         with contextlib.suppress(OSError):
             self.sock.close()
         self._eof = True
+        RawClient.live.discard(self)
 
     def abort(self) -> None:
         """Reset the TCP connection (SO_LINGER 0 -> RST)."""
