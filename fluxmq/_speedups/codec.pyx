@@ -486,7 +486,7 @@ cdef Properties r_props(Reader* r, int context):
     cdef unsigned long long seen = 0
     cdef unsigned long long bit
     cdef long pid
-    cdef long v
+    cdef long v = 0
     cdef int kind
     r_need(r, length)
     end = r.pos + length
@@ -563,6 +563,9 @@ cdef Properties r_props(Reader* r, int context):
         elif pid == 0x22:
             props.topic_alias_maximum = v
         elif pid == 0x23:
+            if v == 0:
+                # [MQTT-3.3.2-8]; 3.3.2.3.4: a Protocol Error, DISCONNECT 0x94 (Topic Alias invalid)
+                raise ProtocolError("topic alias 0", 0x94)
             props.topic_alias = v
         elif pid == 0x24:
             _flag01(v, pid)
@@ -966,7 +969,10 @@ cdef class Decoder:
             opts = r_byte(r)
             req.qos = opts & 3
             if req.qos == 3:
-                raise MalformedPacket("subscription QoS 3")
+                if self.version == MQTT_5:
+                    # 3.8.3.1: "It is a Protocol Error if the Maximum QoS field has the value 3"
+                    raise ProtocolError("subscription QoS 3")
+                raise MalformedPacket("subscription QoS 3")    # [MQTT-3-8.3-4]
             if self.version == MQTT_5:
                 if opts & 0xC0:
                     raise MalformedPacket("reserved subscription option bits are set")
