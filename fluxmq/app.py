@@ -15,10 +15,9 @@ from fluxmq import __version__
 from fluxmq._speedups.bufpool import Flusher
 from fluxmq.broker.broker import Broker, SessionSettings
 from fluxmq.broker.sys import SysTopics
-from fluxmq.config import Config, parse_addr
+from fluxmq.config import Config
 from fluxmq.mqtt.keepalive import Timeouts
-from fluxmq.mqtt.settings import MQTTSettings
-from fluxmq.transport.tcp import TCPListener
+from fluxmq.transport.listeners import build_listeners
 
 log = logging.getLogger("fluxmq")
 
@@ -35,7 +34,7 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.broker: Broker | None = None
-        self.listeners: list[TCPListener] = []
+        self.listeners: list = []
         self.timeouts: Timeouts | None = None
         self.sys: SysTopics | None = None
 
@@ -56,16 +55,7 @@ class Node:
             ),
             max_retained=cfg.broker.max_retained_messages,
         )
-        flusher = Flusher(loop)
-        plain = cfg.server.tcp.plain
-        addr = parse_addr(plain.addr)
-        if addr is not None:
-            self.listeners.append(
-                TCPListener(
-                    "tcp", addr[0], addr[1], self.broker, MQTTSettings.from_config(cfg, plain),
-                    flusher, plain.max_connections,
-                )
-            )
+        self.listeners = build_listeners(cfg, self.broker, Flusher(loop))
         if not self.listeners:
             raise StartupError("no listener is configured (server.tcp.plain.addr is empty)")
         for listener in self.listeners:
