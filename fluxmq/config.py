@@ -699,14 +699,28 @@ class StorageConfig(Section):
     type: str = setting(
         Enum(("memory", "lmdb")),
         "memory",
-        "`memory`: nothing survives a restart; `lmdb`: durable state is kept in an LMDB "
-        "database under `storage.path`.",
+        "`lmdb`: sessions, subscriptions, in-flight and queued messages, retained messages and "
+        "wills are kept in an LMDB database under `storage.path` and survive restarts; "
+        "`memory`: nothing survives a restart.",
     )
     path: str = setting(
         Str("path"),
         "./data",
-        "Directory for durable storage; a relative path is relative to the broker's working "
-        "directory.",
+        "Directory of the LMDB database (created if missing); a relative path is relative to "
+        "the broker's working directory. Only one broker may use a directory at a time.",
+    )
+    fsync: str = setting(
+        Enum(("always", "interval", "never")),
+        "interval",
+        "`always`: PUBACK/PUBREC, SUBACK and the CONNACK of a persistent session are sent only "
+        "after the state they acknowledge is fsynced (one group commit per event-loop turn); "
+        "`interval`: committed every loop turn, fsynced every `storage.fsync_interval`; "
+        "`never`: fsync is left to the operating system. See docs/storage.md.",
+    )
+    fsync_interval: float = setting(
+        Duration(min=0.001),
+        1.0,
+        "How often committed state is fsynced with `storage.fsync: interval`.",
     )
 
 
