@@ -719,7 +719,7 @@ class StorageConfig(Section):
     )
     fsync_interval: float = setting(
         Duration(min=0.001),
-        1.0,
+        "1s",
         "How often committed state is fsynced with `storage.fsync: interval`.",
     )
 

@@ -68,7 +68,7 @@ EXPECTED_DEFAULTS = {
         "max_expiry_interval": 4294967295,
     },
     "log": {"level": "info", "format": "text"},
-    "storage": {"type": "memory", "path": "./data"},
+    "storage": {"type": "memory", "path": "./data", "fsync": "interval", "fsync_interval": "1s"},
 }
 
 
@@ -180,7 +180,12 @@ storage: {type: lmdb, path: /var/lib/fluxmq}
             "max_expiry_interval": 60,
         },
         "log": {"level": "debug", "format": "json"},
-        "storage": {"type": "lmdb", "path": "/var/lib/fluxmq"},
+        "storage": {
+            "type": "lmdb",
+            "path": "/var/lib/fluxmq",
+            "fsync": "interval",
+            "fsync_interval": "1s",
+        },
     }
 
 
