@@ -941,9 +941,9 @@ def start_mosquitto_sub(
             break
         lines.append(line)
         if "received SUBACK" in line:
-            proc.debug_lines = lines  # type: ignore[attr-defined]
             return proc
     proc.kill()
+    proc.wait()
     raise AssertionError(f"mosquitto_sub did not subscribe: {lines}")
 
 
@@ -951,11 +951,15 @@ def finish_mosquitto_sub(proc: subprocess.Popen) -> list[str]:
     """Wait for `mosquitto_sub` to exit and return its `topic payload` lines (debug lines
     dropped)."""
     assert proc.stdout is not None
+    # not communicate(): with a timeout it reads the pipe's fd directly and would lose what
+    # start_mosquitto_sub's readline() already buffered. The output is a few lines at most.
     try:
-        out, _ = proc.communicate(timeout=WAIT + 3)
+        proc.wait(timeout=WAIT + 3)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"mosquitto_sub did not finish: {out!r}") from None
+        proc.wait()
+        raise AssertionError(f"mosquitto_sub did not finish: {proc.stdout.read()!r}") from None
+    out = proc.stdout.read()
+    proc.stdout.close()
     return [ln for ln in out.splitlines()
             if ln and not ln.startswith(("Client ", "Subscribed (", "Timed out"))]

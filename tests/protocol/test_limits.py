@@ -20,7 +20,7 @@ from tests.protocol.pubsub_helpers import (
 )
 
 qos1_broker = broker_fixture({"broker": {"max_qos": 1}})
-MAX_SIZE = 1000
+MAX_SIZE = 2048  # FluxMQ accepts 1024 and up
 size_broker = broker_fixture({"broker": {"max_message_size": MAX_SIZE}})
 mbroker = broker_fixture()
 
