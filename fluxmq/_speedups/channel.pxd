@@ -6,6 +6,7 @@ from fluxmq._speedups.bufpool cimport OutBuffer, Flusher
 from fluxmq._speedups.codec cimport Decoder, Frame, Packet
 from fluxmq._speedups.dispatch cimport Dispatcher, Counters
 from fluxmq._speedups.message cimport Message
+from fluxmq._speedups.ratelimit cimport TokenBucket
 from fluxmq._speedups.session cimport Outlet, Session
 
 cdef enum:
@@ -46,6 +47,8 @@ cdef class ChannelCore(Outlet):
     cdef public object authz               # publish authoriser hook: (channel, msg) -> reason
     cdef public int close_reason           # why it ended (MQTT 5 reason code; 0 = normal)
     cdef public bint will_wanted           # publish the will when the connection ends
+    cdef public TokenBucket msg_limit      # ratelimit.message: PUBLISH packets (None = off)
+    cdef public TokenBucket sub_limit      # ratelimit.subscribe: SUBSCRIBE filters (None = off)
     cdef dict in_aliases                   # inbound topic alias -> topic
     cdef dict out_aliases                  # outbound topic -> alias
     cdef int out_alias_next

@@ -27,6 +27,7 @@ from fluxmq._speedups.codec cimport (
 )
 from fluxmq._speedups.dispatch cimport Dispatcher, Counters
 from fluxmq._speedups.message cimport Message
+from fluxmq._speedups.ratelimit cimport TokenBucket
 from fluxmq._speedups.session cimport Outlet, Session
 
 import time
@@ -56,6 +57,7 @@ cdef class Limits:
 
 
 UNKNOWN_PID = "packet identifier not found"
+RATE_LIMITED = "message rate too high"
 
 
 cdef inline bint _valid_utf8(Message msg):
@@ -215,6 +217,16 @@ cdef class ChannelCore(Outlet):
             if len(self.session.awaiting_rel) >= self.limits.receive_maximum:
                 raise MQTTError("more unacknowledged QoS 2 messages than the receive maximum",
                                 0x93)
+        if self.msg_limit is not None and not self.msg_limit.take(self.last_rx):
+            # ratelimit.message: MQTT 5 gets 0x96 (QoS 0 is dropped and counted); MQTT 3.1.1
+            # cannot refuse a PUBLISH, so the client is disconnected.
+            self.counters.publish_dropped += 1
+            if self.version != MQTT_5:
+                self.close_reason = 0x96
+                self.close(-1, RATE_LIMITED)
+            elif qos:
+                self._ack(PUBACK if qos == 1 else PUBREC, pid, 0x96, self._why(RATE_LIMITED))
+            return 0
         if msg.payload_format is not None and msg.payload_format == 1 and not _valid_utf8(msg):
             reason = 0x99
             why = "payload is not valid UTF-8"
