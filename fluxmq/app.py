@@ -13,10 +13,13 @@ import signal
 
 from fluxmq import __version__
 from fluxmq._speedups.bufpool import Flusher
+from fluxmq._speedups.channel import set_storage_full
+from fluxmq._speedups.session import Session
 from fluxmq.broker.broker import Broker, SessionSettings
 from fluxmq.broker.sys import SysTopics
 from fluxmq.config import Config
 from fluxmq.mqtt.keepalive import Timeouts
+from fluxmq.storage import StorageError, open_store
 from fluxmq.transport.listeners import build_listeners
 
 log = logging.getLogger("fluxmq")
@@ -37,12 +40,22 @@ class Node:
         self.listeners: list = []
         self.timeouts: Timeouts | None = None
         self.sys: SysTopics | None = None
+        self.store = None
+
+    def _new_session(self, client_id: str, expiry_interval: int) -> Session:
+        s = self.cfg.session
+        return Session(
+            client_id, expiry_interval, self.cfg.broker.max_inflight,
+            s.max_offline_queue_size, s.offline_queue_policy == "reject",
+        )
 
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        if cfg.storage.type != "memory":
-            raise StartupError(f"storage.type {cfg.storage.type!r} is not available in this build")
+        try:
+            self.store = open_store(cfg)
+        except StorageError as exc:
+            raise StartupError(str(exc)) from None
         s = cfg.session
         self.broker = Broker(
             loop,
@@ -54,8 +67,17 @@ class Node:
                 max_expiry_interval=s.max_expiry_interval,
             ),
             max_retained=cfg.broker.max_retained_messages,
+            store=self.store,
         )
-        self.listeners = build_listeners(cfg, self.broker, Flusher(loop))
+        flusher = Flusher(loop)
+        if self.store is not None:
+            try:
+                self.broker.load(self.store.load(self._new_session))
+            except StorageError as exc:
+                raise StartupError(str(exc)) from None
+            self.store.on_full = set_storage_full
+            self.store.attach(loop, flusher)
+        self.listeners = build_listeners(cfg, self.broker, flusher)
         if not self.listeners:
             raise StartupError("no listener is configured (server.tcp.plain.addr is empty)")
         for listener in self.listeners:
@@ -93,6 +115,9 @@ class Node:
             await asyncio.sleep(0.02)
         for listener in self.listeners:
             await listener.wait_closed()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
         log.info("FluxMQ stopped")
 
 

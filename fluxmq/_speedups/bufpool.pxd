@@ -28,9 +28,14 @@ cdef class OutBuffer(WriteBuffer):
     cdef public bint closed
     cdef public unsigned long long bytes_out
     cdef public double last_progress   # loop time when the transport last drained (write_timeout)
+    cdef public int held               # snapshots of its output waiting for a storage commit
+    cdef bint close_when_drained
 
     cdef int mark(self) except -1
     cpdef int flush(self) except -1
+    cpdef bytes take_held(self)
+    cpdef int write_held(self, bytes data) except -1
+    cpdef int close(self) except -1
 
 
 cdef class Flusher:
@@ -38,8 +43,10 @@ cdef class Flusher:
     cdef bint _scheduled
     cdef object _call_soon
     cdef object _run
+    cdef public object barrier          # storage: callable(dirty) -> the buffers to write now
 
     cdef int add(self, OutBuffer b) except -1
+    cpdef int request(self) except -1
     cpdef int flush_all(self) except -1
 
 

@@ -6,6 +6,10 @@ Python (see docs/performance.md). Every packet for a connection is encoded into 
 connection's `OutBuffer`; the first packet of a loop turn registers the buffer with the
 `Flusher`, which writes each dirty buffer with a single `transport.write()` at the end of the
 turn. Storage for the buffers comes from a small pool, so an idle connection holds no buffer.
+
+Durable storage sets `Flusher.barrier`: at the end of a turn it commits what the turn changed
+before anything is written, and with `storage.fsync: always` it takes the turn's output
+(`take_held`) and writes it (`write_held`) only once the commit is on disk, in order.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -232,6 +236,39 @@ cdef class OutBuffer(WriteBuffer):
         self.transport.write(chunk)
         return 0
 
+    cpdef bytes take_held(self):
+        """Take the pending output to write after a storage commit (see write_held)."""
+        cdef bytes chunk = PyBytes_FromStringAndSize(self.data, self.length) if self.length else b""
+        self.dirty = False
+        self.release()
+        self.held += 1
+        return chunk
+
+    cpdef int write_held(self, bytes data) except -1:
+        """The commit this output waited for is on disk: write it (in order)."""
+        self.held -= 1
+        if self.closed or self.transport is None:
+            return 0
+        if data:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+        if self.held == 0 and self.close_when_drained and self.length == 0:
+            self.transport.close()
+        return 0
+
+    cpdef int close(self) except -1:
+        """Write what is pending, then close the transport (after held output, if any)."""
+        if self.transport is None:
+            return 0
+        if self.held:
+            self.close_when_drained = True
+            self.mark()
+            return 0
+        self.paused = False
+        self.flush()
+        self.transport.close()
+        return 0
+
     def detach_transport(self):
         """The connection is gone: drop pending output and the transport."""
         self.closed = True
@@ -261,12 +298,21 @@ cdef class Flusher:
             self._call_soon(self._run)
         return 0
 
+    cpdef int request(self) except -1:
+        """Run flush_all at the end of this turn even if no buffer is dirty (storage work)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self._run)
+        return 0
+
     cpdef int flush_all(self) except -1:
         cdef list dirty = self._dirty
         cdef OutBuffer b
         cdef Py_ssize_t i
         self._dirty = []
         self._scheduled = False
+        if self.barrier is not None:
+            dirty = self.barrier(dirty)
         for i in range(len(dirty)):
             b = <OutBuffer>dirty[i]
             try:

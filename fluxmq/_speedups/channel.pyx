@@ -57,6 +57,18 @@ cdef class Limits:
 
 
 UNKNOWN_PID = "packet identifier not found"
+
+cdef bint _storage_full = False
+
+
+def set_storage_full(bint full):
+    """Durable storage cannot write: new QoS 1/2 publishes are refused until it can."""
+    global _storage_full
+    _storage_full = full
+
+
+def storage_full() -> bool:
+    return _storage_full
 RATE_LIMITED = "message rate too high"
 
 
@@ -227,7 +239,12 @@ cdef class ChannelCore(Outlet):
             elif qos:
                 self._ack(PUBACK if qos == 1 else PUBREC, pid, 0x96, self._why(RATE_LIMITED))
             return 0
-        if msg.payload_format is not None and msg.payload_format == 1 and not _valid_utf8(msg):
+        if qos and _storage_full:
+            if self.version != MQTT_5:
+                raise MQTTError("storage is full: QoS 1/2 messages cannot be stored", 0x97)
+            reason = 0x97
+            why = "storage is full"
+        elif msg.payload_format is not None and msg.payload_format == 1 and not _valid_utf8(msg):
             reason = 0x99
             why = "payload is not valid UTF-8"
         elif msg.topic.startswith("$SYS"):
@@ -250,7 +267,7 @@ cdef class ChannelCore(Outlet):
             self._ack(PUBACK, pid, reason, self._why(why))
         elif qos == 2:
             if reason < 0x80:
-                self.session.awaiting_rel.add(pid)
+                self.session.add_rel(pid)
             self._ack(PUBREC, pid, reason, self._why(why))
         return 0
 
@@ -270,8 +287,7 @@ cdef class ChannelCore(Outlet):
             if not self.session.on_pubrec(pid, 0):
                 self._ack(PUBREL, pid, 0x92, self._why(UNKNOWN_PID))
         elif ptype == PUBREL:
-            if pid in self.session.awaiting_rel:
-                self.session.awaiting_rel.discard(pid)
+            if self.session.remove_rel(pid):
                 self._ack(PUBCOMP, pid, 0, None)
             else:
                 self._ack(PUBCOMP, pid, 0x92, self._why(UNKNOWN_PID))
@@ -293,8 +309,7 @@ cdef class ChannelCore(Outlet):
             if not self.session.on_pubrec(pid, pkt.reason_code):
                 self._ack(PUBREL, pid, 0x92, self._why(UNKNOWN_PID))
         elif ptype == PUBREL:
-            if pid in self.session.awaiting_rel:
-                self.session.awaiting_rel.discard(pid)
+            if self.session.remove_rel(pid):
                 self._ack(PUBCOMP, pid, 0, None)
             else:
                 self._ack(PUBCOMP, pid, 0x92, self._why(UNKNOWN_PID))
@@ -422,8 +437,7 @@ cdef class ChannelCore(Outlet):
             self.send(Disconnect(reason, props))
         self.state = ST_CLOSING
         if self.transport is not None:
-            self.out.flush()
-            self.transport.close()
+            self.out.close()
         return 0
 
     # -- defaults for the subclass hooks ------------------------------------------------------------

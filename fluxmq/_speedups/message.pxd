@@ -25,6 +25,7 @@ cdef class Message:
     cdef public object wire_bytes
     cdef public Py_ssize_t wire_pid_at    # where the packet identifier sits in wire_bytes
     cdef public int fanout                # deliveries of this publish (caching pays when > 1)
+    cdef public unsigned long long store_id   # durable storage's id of its shared body (0: none)
 
     cdef int detach(self) except -1
     cdef int set_payload(self, object payload) except -1

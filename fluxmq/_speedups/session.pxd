@@ -29,6 +29,7 @@ cdef class Inflight:
     cdef public int state                 # 0 queued, 1 PUBLISH sent, 2 PUBREL sent
     cdef public double sent_at
     cdef public object group              # the SharedGroup it was chosen through, or None
+    cdef public object key                # durable storage's key for it, or None
 
 
 cdef class Session:
@@ -45,6 +46,7 @@ cdef class Session:
     cdef public unsigned long long dropped
     cdef public object store              # persistence hook (None for the memory store)
     cdef public object expiry_handle      # the broker's timer for expiry while offline
+    cdef public Py_ssize_t spilled        # queued entries kept on disk only (newest ones)
     cdef dict inflight                    # packet id -> Inflight, in send order
     cdef object queue                     # deque of Inflight not yet sent
     cdef int next_pid
@@ -52,8 +54,12 @@ cdef class Session:
     cdef int deliver(self, Message msg, int qos, bint retain, object sub_ids,
                      object group) except -1
     cdef int _enqueue(self, Inflight e) except -1
+    cdef int _drop_oldest(self) except -1
     cdef int _send(self, Inflight e, bint dup) except -1
     cdef int _alloc_pid(self) except -1
+    cpdef int add_rel(self, int packet_id) except -1
+    cpdef int remove_rel(self, int packet_id) except -1
+    cdef int _refill(self) except -1
     cpdef int on_puback(self, int packet_id) except -1
     cpdef int on_pubrec(self, int packet_id, int reason) except -1
     cpdef int on_pubcomp(self, int packet_id) except -1

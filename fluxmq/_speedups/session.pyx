@@ -6,10 +6,19 @@ Receive Maximum and broker.max_inflight), the queue of messages waiting for the 
 the client to come back (bounded by session.max_offline_queue_size, evicting the oldest or
 rejecting the newest), and the inbound QoS 2 packet identifiers awaiting PUBREL. It delivers
 through an `Outlet` (the protocol layer's connection) and never sees a wire format.
+
+A persistent session has a `store` (durable storage) that it tells about every change. Its queue
+keeps at most SPILL_AT entries in memory: newer ones live only on disk (`spilled`) and are read
+back in order, SPILL_BATCH at a time, as the queue drains, so a long offline queue does not sit
+in RAM.
 """
 
 from collections import deque
 import time
+
+cdef enum:
+    SPILL_AT = 1000        # queued entries kept in memory before newer ones stay on disk
+    SPILL_BATCH = 500      # entries read back from disk at a time
 
 
 cdef class Outlet:
@@ -97,15 +106,47 @@ cdef class Session:
         return self._enqueue(e)
 
     cdef int _enqueue(self, Inflight e) except -1:
-        if len(self.queue) >= self.max_queue:
+        if len(self.queue) + self.spilled >= self.max_queue:
             self.dropped += 1
             if self.drop_new:
                 return 0
-            self.queue.popleft()
+            self._drop_oldest()
+        if self.store is not None and (self.spilled or len(self.queue) >= SPILL_AT):
+            self.store.queued(self, e)          # newest entries stay on disk only
+            self.spilled += 1
+            return 1
         self.queue.append(e)
         if self.store is not None:
             self.store.queued(self, e)
         return 1
+
+    cdef int _drop_oldest(self) except -1:
+        cdef Inflight old
+        if self.queue:
+            old = <Inflight>self.queue.popleft()
+            if self.store is not None:
+                self.store.unqueued(self, old)
+        elif self.spilled:
+            self.store.drop_oldest_spilled(self)
+            self.spilled -= 1
+        return 0
+
+    cdef int _refill(self) except -1:
+        """Read the next spilled entries back from disk (0 if storage is busy right now)."""
+        cdef list loaded
+        if not self.spilled or self.store is None:
+            return 0
+        loaded = self.store.load_spilled(self, SPILL_BATCH)
+        if loaded is None:
+            return 0                            # storage will pump again when it can
+        if not loaded:
+            self.spilled = 0
+            return 0
+        self.spilled -= len(loaded)
+        if self.spilled < 0:
+            self.spilled = 0
+        self.queue.extend(loaded)
+        return len(loaded)
 
     cdef int _alloc_pid(self) except -1:
         cdef int pid = self.next_pid
@@ -134,7 +175,9 @@ cdef class Session:
         """Send queued messages while the window has room (expired ones are dropped)."""
         cdef Inflight e
         cdef double now = 0.0
-        while self.queue and self.outlet is not None and len(self.inflight) < self.window:
+        while self.outlet is not None and len(self.inflight) < self.window:
+            if not self.queue and not self._refill():
+                break
             e = <Inflight>self.queue.popleft()
             if self.store is not None:
                 self.store.unqueued(self, e)
@@ -146,6 +189,22 @@ cdef class Session:
             self._send(e, False)
         return 0
 
+    cpdef int add_rel(self, int packet_id) except -1:
+        """An inbound QoS 2 PUBLISH was taken: its packet id awaits PUBREL."""
+        self.awaiting_rel.add(packet_id)
+        if self.store is not None:
+            self.store.rel_added(self, packet_id)
+        return 0
+
+    cpdef int remove_rel(self, int packet_id) except -1:
+        """PUBREL arrived: 1 if the packet id was awaiting it."""
+        if packet_id not in self.awaiting_rel:
+            return 0
+        self.awaiting_rel.discard(packet_id)
+        if self.store is not None:
+            self.store.rel_removed(self, packet_id)
+        return 1
+
     # -- acknowledgements from the client --------------------------------------------------------
 
     cpdef int on_puback(self, int packet_id) except -1:
@@ -155,7 +214,7 @@ cdef class Session:
             return 0
         del self.inflight[packet_id]
         if self.store is not None:
-            self.store.acked(self, packet_id)
+            self.store.acked(self, packet_id, e)
         if self.queue:
             self.pump()
         return 1
@@ -168,14 +227,14 @@ cdef class Session:
         if reason >= 0x80:
             del self.inflight[packet_id]
             if self.store is not None:
-                self.store.acked(self, packet_id)
+                self.store.acked(self, packet_id, e)
             if self.queue:
                 self.pump()
             return 1
         e.state = 2
-        e.msg = None          # only the packet identifier matters from here on
         if self.store is not None:
-            self.store.released(self, packet_id)
+            self.store.released(self, packet_id, e)
+        e.msg = None          # only the packet identifier matters from here on
         if self.outlet is not None:
             self.outlet.send_pubrel(packet_id)
         return 1
@@ -186,7 +245,7 @@ cdef class Session:
             return 0
         del self.inflight[packet_id]
         if self.store is not None:
-            self.store.acked(self, packet_id)
+            self.store.acked(self, packet_id, e)
         if self.queue:
             self.pump()
         return 1
@@ -207,6 +266,8 @@ cdef class Session:
             elif not outlet.send_publish(e.msg, e.qos, pid, True, e.retain, e.sub_ids):
                 del self.inflight[pid]
                 self.dropped += 1
+                if self.store is not None:
+                    self.store.acked(self, pid, e)
             else:
                 e.sent_at = time.monotonic()
         self.pump()
@@ -241,19 +302,27 @@ cdef class Session:
         out = []
         keep = deque()
         for e in self.queue:
-            (out if e.group is not None else keep).append(e)
+            if e.group is not None:
+                out.append(e)
+                if self.store is not None:
+                    self.store.unqueued(self, e)
+            else:
+                keep.append(e)
         self.queue = keep
         for pid, e in list(self.inflight.items()):
             if e.group is not None and e.state == 1:
                 del self.inflight[pid]
+                if self.store is not None:
+                    self.store.acked(self, pid, e)
                 out.append(e)
         return out
 
     def clear(self):
-        """Drop everything (clean start, or expiry)."""
+        """Drop everything (clean start, or expiry); storage forgets the session separately."""
         self.inflight.clear()
         self.queue.clear()
         self.awaiting_rel.clear()
+        self.spilled = 0
 
     # -- introspection (tests, $SYS, admin API, storage) ------------------------------------------
 
@@ -263,7 +332,8 @@ cdef class Session:
 
     @property
     def queued_count(self) -> int:
-        return len(self.queue)
+        """Messages waiting to be sent, in memory and on disk."""
+        return len(self.queue) + self.spilled
 
     def inflight_items(self) -> list:
         return list(self.inflight.items())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fluxmq._speedups.dispatch import Dispatcher
@@ -60,15 +59,19 @@ class Broker:
         settings: SessionSettings | None = None,
         max_retained: int = 0,
         hooks: Hooks | None = None,
+        store=None,
     ) -> None:
         self.loop = loop
         self.settings = settings or SessionSettings()
         self.hooks = hooks or Hooks()
+        self.store = store  # durable storage (fluxmq.storage), or None for memory
         self.dispatcher = Dispatcher()
-        self.retained = RetainedStore(max_retained)
+        self.retained = RetainedStore(max_retained, store)
         self.dispatcher.on_retain = self.retained.set
         self.sessions: dict[str, Session] = {}
         self.wills = WillScheduler(self.publish, loop)
+        if store is not None:
+            self.wills.on_fired = store.will_removed
         self.expiry = SessionExpiry(loop, self._expire_session)
         self.stats = BrokerStats()
         self.outlets: set = set()  # every connected client's outlet
@@ -129,9 +132,31 @@ class Broker:
         session.will = will
         session.outlet = outlet
         session.disconnected_at = 0.0
+        self._persist_connected(session)
         self.outlets.add(outlet)
         self.stats.connections_total += 1
         return ConnectResult(session, present)
+
+    def _persist_connected(self, session: Session) -> None:
+        """A persistent session is written with its will (which goes if the broker dies while
+        the client is connected); one that no longer outlives its connection is forgotten."""
+        store = self.store
+        if store is None:
+            return
+        if session.expiry_interval == 0:
+            if session.store is not None:
+                store.session_removed(session)
+                session.store = None
+            return
+        if session.store is None:
+            session.store = store
+            for sub in session.subscriptions.values():
+                store.sub_added(session, sub)
+        store.session_saved(session)
+        if session.will is not None:
+            store.will_saved(session.client_id, session.will, 0.0)
+        else:
+            store.will_removed(session.client_id)
 
     def resume_session(self, session: Session, outlet) -> None:
         """After CONNACK: re-send what is unacknowledged and start the queue."""
@@ -159,13 +184,21 @@ class Broker:
         will = session.will
         session.will = None
         ends_now = session.expiry_interval == 0
+        store = session.store
         if will is not None and send_will:
             ends_in = None if session.expiry_interval == NEVER_EXPIRES else session.expiry_interval
-            self.wills.schedule(session.client_id, will, 0 if ends_now else ends_in)
+            left = self.wills.schedule(session.client_id, will, 0 if ends_now else ends_in)
+            if store is not None and left > 0:
+                store.will_saved(session.client_id, will, time.time() + left)
+        elif store is not None:
+            store.will_removed(session.client_id)
         self._redistribute_shared(session)
         if ends_now:
             self._end_session(session)
-        elif session.expiry_interval != NEVER_EXPIRES:
+            return
+        if store is not None:
+            store.session_saved(session)
+        if session.expiry_interval != NEVER_EXPIRES:
             self.expiry.schedule(session.client_id, session.expiry_interval)
 
     def _redistribute_shared(self, session: Session) -> None:
@@ -186,6 +219,9 @@ class Broker:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.expiry.cancel(session.client_id)
+        if session.store is not None:
+            session.store.session_removed(session)
+            session.store = None
         for sub in list(session.subscriptions.values()):
             self.dispatcher.unsubscribe(session, sub.topic_filter, sub.share_group)
         session.subscriptions.clear()
@@ -193,6 +229,7 @@ class Broker:
         self.hooks.session_ended(session)
 
     def set_expiry(self, session: Session, expiry_interval: int) -> None:
+        """DISCONNECT changed the Session Expiry Interval (written when the connection ends)."""
         session.expiry_interval = expiry_interval
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -201,12 +238,15 @@ class Broker:
         """Add or replace a subscription; True if it is new."""
         new = self.dispatcher.subscribe(sub) == 1
         session.subscriptions[sub.full_filter] = sub
+        if session.store is not None:
+            session.store.sub_added(session, sub)
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str, share_group: str | None) -> bool:
         removed = self.dispatcher.unsubscribe(session, topic_filter, share_group)
         full = topic_filter if share_group is None else f"$share/{share_group}/{topic_filter}"
-        session.subscriptions.pop(full, None)
+        if session.subscriptions.pop(full, None) is not None and session.store is not None:
+            session.store.sub_removed(session, full)
         return removed is not None
 
     def send_retained(self, session: Session, sub: Subscription) -> int:
@@ -221,23 +261,80 @@ class Broker:
     # -- shutdown --------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Server going down: every connected client's will goes first (the sessions end with
-        the process under the memory store), then every client is disconnected (0x8B)."""
+        """Server going down: the server closes every connection, so every connected client's
+        will is due [MQTT-3.1.2-8]. With durable storage, sessions outlive the process: a will
+        with a delay is stored with its deadline and goes when it is due, after the restart.
+        In memory, every session ends with the process, so every will goes now."""
         outlets = list(self.outlets)
         for outlet in outlets:
             session = getattr(outlet, "session", None)
-            if session is not None and session.will is not None and session.outlet is outlet:
-                will = session.will
-                session.will = None
-                self.publish(will.to_message())
-        self.wills.fire_all()
+            if session is None or session.outlet is not outlet:
+                continue
+            if self.store is None or session.store is None:
+                if session.will is not None:
+                    will = session.will
+                    session.will = None
+                    self.publish(will.to_message())
+            else:
+                self.disconnect(outlet, session, True)
+                self.outlets.add(outlet)  # still to be told below
+        if self.store is None:
+            self.wills.fire_all()
         for outlet in outlets:
             outlet.shutdown()
         self.expiry.cancel_all()
+
+    # -- start-up from durable storage -------------------------------------------------------------
+
+    def load(self, loaded) -> None:
+        """Rebuild the state read from storage, as if the broker had stayed up: sessions and
+        wills whose deadlines passed while it was down are handled now."""
+        now = time.time()
+        due_wills = []
+        expired = []
+        for ls in loaded.sessions:
+            s = ls.session
+            if ls.was_connected:
+                s.disconnected_at = now  # it lost its connection when the broker stopped
+            self.sessions[s.client_id] = s
+            for sub in ls.subscriptions:
+                self.dispatcher.subscribe(sub)
+                s.subscriptions[sub.full_filter] = sub
+            left = None
+            if s.expiry_interval != NEVER_EXPIRES:
+                left = s.disconnected_at + s.expiry_interval - now
+                if left <= 0:
+                    expired.append(s)
+            if ls.will is not None:
+                # Stored with a deadline once its connection ended; a connection alive when
+                # the broker stopped ended now.
+                delay = ls.will_deadline - now if ls.will_deadline else float(ls.will.delay)
+                if left is not None:
+                    delay = min(delay, max(left, 0.0))
+                due_wills.append((s.client_id, ls.will, delay))
+            if left is not None and left > 0:
+                self.expiry.schedule(s.client_id, left)
+            s.store.session_saved(s)
+        for msg in loaded.retained:
+            if msg.expired(now):
+                self.store.retained_clear(msg.topic)
+            else:
+                self.retained.load(msg)
+        # Wills after every subscription is back, so persistent subscribers get them.
+        for client_id, will, delay in due_wills:
+            left = self.wills.schedule(client_id, will, None, delay=max(delay, 0.0))
+            if left > 0:
+                self.store.will_saved(client_id, will, now + left)
+        for s in expired:
+            self.stats.sessions_expired += 1
+            self._end_session(s)
+        log.info(
+            "state loaded from storage",
+            extra={"sessions": len(self.sessions), "retained": len(self.retained),
+                   "expired": len(expired), "wills": len(due_wills)},
+        )
 
     def client_count(self) -> tuple[int, int]:
         """(connected, total sessions)."""
         return len(self.outlets), len(self.sessions)
 
-
-Callback = Callable[..., object]

@@ -43,19 +43,24 @@ class WillScheduler:
         self._loop = loop
         self._pending: dict[str, tuple[Will, asyncio.TimerHandle]] = {}
         self.published = 0
+        self.on_fired: Callable[[str], None] | None = None  # storage forgets a sent will
 
-    def schedule(self, client_id: str, will: Will, session_ends_in: float | None) -> None:
+    def schedule(self, client_id: str, will: Will, session_ends_in: float | None,
+                 delay: float | None = None) -> float:
         """Start the will's clock. `session_ends_in`: seconds until the session expires
-        (None = never); the will goes at the earlier of that and its own delay."""
+        (None = never); the will goes at the earlier of that and its own delay (or `delay`,
+        what is left of it after a restart). Returns the seconds until it goes (0: sent)."""
         self.cancel(client_id)
-        delay = float(will.delay)
+        if delay is None:
+            delay = float(will.delay)
         if session_ends_in is not None:
             delay = min(delay, session_ends_in)
         if delay <= 0:
-            self._fire(will)
-            return
+            self._fire(client_id, will)
+            return 0.0
         handle = self._loop.call_later(delay, self._due, client_id)
         self._pending[client_id] = (will, handle)
+        return delay
 
     def cancel(self, client_id: str) -> bool:
         """The client came back: its will is not sent. True if one was pending."""
@@ -70,7 +75,7 @@ class WillScheduler:
         entry = self._pending.pop(client_id, None)
         if entry is not None:
             entry[1].cancel()
-            self._fire(entry[0])
+            self._fire(client_id, entry[0])
 
     def fire_all(self) -> None:
         """Shutdown: every pending will goes now."""
@@ -87,8 +92,10 @@ class WillScheduler:
     def _due(self, client_id: str) -> None:
         entry = self._pending.pop(client_id, None)
         if entry is not None:
-            self._fire(entry[0])
+            self._fire(client_id, entry[0])
 
-    def _fire(self, will: Will) -> None:
+    def _fire(self, client_id: str, will: Will) -> None:
         self.published += 1
         self._publish(will.to_message())
+        if self.on_fired is not None:
+            self.on_fired(client_id)

@@ -25,7 +25,7 @@ _ACKS = (codec.TYPE_PUBACK, codec.TYPE_PUBREC, codec.TYPE_PUBREL, codec.TYPE_PUB
 class Connection(ChannelCore):
     """One MQTT client connection (any transport that gives an asyncio Protocol its bytes)."""
 
-    __slots__ = ("broker", "listener", "remote", "username", "connect_expiry", "refused")
+    __slots__ = ("broker", "connect_expiry", "listener", "refused", "remote", "username")
 
     def __init__(self, broker, listener) -> None:
         super().__init__(broker.dispatcher, listener.limits, listener.flusher)

@@ -6,6 +6,7 @@ import uuid
 
 from fluxmq._speedups import codec
 from fluxmq._speedups.channel import now as monotonic_now
+from fluxmq._speedups.channel import storage_full
 from fluxmq._speedups.message import Message
 from fluxmq.broker.hooks import ClientInfo
 from fluxmq.broker.will import Will
@@ -98,6 +99,9 @@ def handle_connect(conn, pkt: codec.Connect) -> None:
         conn.connect_expiry = props.session_expiry_interval or 0
     else:
         expiry = 0 if pkt.clean_start else s.default_expiry_interval
+
+    if expiry and storage_full():
+        return refuse(conn, rc.QUOTA_EXCEEDED, "storage is full: no new persistent sessions")
 
     will = None
     if pkt.will is not None:
