@@ -35,9 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tests.brokerproc import TARGET, BrokerProc
-
-IS_MOSQUITTO = TARGET == "mosquitto"
+from tests.brokerproc import BrokerProc
 
 #: How long a test waits for something that must arrive.
 WAIT = 3.0

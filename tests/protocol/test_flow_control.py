@@ -163,8 +163,8 @@ def test_max_inflight_caps_v5_receive_maximum(inflight_broker: BrokerProc) -> No
 
 
 def test_server_receive_maximum_advertised(inflight_broker: BrokerProc) -> None:
-    """3.2.2.3.3: the CONNACK carries the server's Receive Maximum (`broker.receive_maximum: 3`);
-    [MQTT-4.9.0-1] that many unacknowledged QoS 2 PUBLISHes are accepted."""
+    """3.2.2.3.3: the CONNACK carries the server's Receive Maximum (`broker.receive_maximum: 3`),
+    and that many QoS 2 PUBLISHes awaiting PUBREL are accepted (3.3.4: only more is an error)."""
     topic = unique_topic("srm")
     with RawClient(inflight_broker) as c:
         ack = c.connect()
