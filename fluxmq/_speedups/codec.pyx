@@ -609,8 +609,9 @@ cdef str _context_name(int context):
 
 
 cpdef bint valid_topic_name(str topic):
-    """A topic name a client may publish to: non-empty, no wildcards [MQTT-3.3.2-2, 4.7.3-1]."""
-    return len(topic) > 0 and "+" not in topic and "#" not in topic
+    """A topic name a client may publish to: non-empty, no wildcards, no U+0000
+    [MQTT-3.3.2-2, 4.7.3-1, 4.7.3-2]."""
+    return len(topic) > 0 and "+" not in topic and "#" not in topic and "\x00" not in topic
 
 
 cpdef bint valid_topic_filter(str topic_filter):
@@ -618,8 +619,8 @@ cpdef bint valid_topic_filter(str topic_filter):
     cdef list levels
     cdef Py_ssize_t i, n
     cdef str level
-    if not topic_filter:
-        return False
+    if not topic_filter or "\x00" in topic_filter:
+        return False    # [MQTT-4.7.3-1] [MQTT-4.7.3-2]
     if topic_filter.startswith("$share/"):
         parts = topic_filter.split("/", 2)
         if len(parts) < 3 or not parts[1] or not parts[2]:
