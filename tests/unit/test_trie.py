@@ -38,6 +38,8 @@ TOPIC_NAMES = {
     "sport/tennis#": False,
     "sport+": False,
     "+/a": False,
+    "a\x00b": False,  # U+0000 [MQTT-4.7.3-2] (the HTTP bridge relies on this check)
+    "\x00": False,
 }
 
 TOPIC_FILTERS = {
@@ -84,13 +86,17 @@ TOPIC_FILTERS = {
     "$share/#/x": False,
     "$share/g/a#": False,  # invalid filter after the prefix
     "$share/g/a/#/b": False,
+    "a/\x00": False,  # U+0000 [MQTT-4.7.3-2]
+    "$share/g\x00/a": False,
+    "$share/g/a\x00": False,
 }
 
 
 @pytest.mark.parametrize(("name", "ok"), TOPIC_NAMES.items(), ids=[repr(n) for n in TOPIC_NAMES])
 def test_valid_topic_name(name: str, ok: bool) -> None:
-    """Topic Names are at least one character [MQTT-4.7.3-1] and contain no wildcard
-    [MQTT-3.3.2-2] [MQTT-4.7.0-1]; anything else (empty levels, spaces, $) is allowed."""
+    """Topic Names are at least one character [MQTT-4.7.3-1], contain no wildcard
+    [MQTT-3.3.2-2] [MQTT-4.7.0-1] and no U+0000 [MQTT-4.7.3-2]; anything else (empty levels,
+    spaces, $) is allowed."""
     assert valid_topic_name(name) is ok
 
 
@@ -99,7 +105,7 @@ def test_valid_topic_name(name: str, ok: bool) -> None:
 )
 def test_valid_topic_filter(topic_filter: str, ok: bool) -> None:
     """ "#" only as the whole last level [MQTT-4.7.1-1], "+" only as a whole level
-    [MQTT-4.7.1-2], at least one character [MQTT-4.7.3-1]; a shared filter needs a non-empty
+    [MQTT-4.7.1-2], at least one character [MQTT-4.7.3-1], no U+0000 [MQTT-4.7.3-2]; a shared filter needs a non-empty
     ShareName without wildcards and a valid filter after it [MQTT-4.8.2-1] [MQTT-4.8.2-2]."""
     assert valid_topic_filter(topic_filter) is ok
 
