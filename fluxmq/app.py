@@ -17,10 +17,10 @@ from fluxmq._speedups.channel import set_storage_full
 from fluxmq._speedups.session import Session
 from fluxmq.broker.broker import Broker, SessionSettings
 from fluxmq.broker.sys import SysTopics
-from fluxmq.config import Config
+from fluxmq.config import Config, ConfigError
 from fluxmq.mqtt.keepalive import Timeouts
 from fluxmq.storage import StorageError, open_store
-from fluxmq.transport.listeners import build_listeners
+from fluxmq.transport.listeners import build_health, build_listeners
 
 log = logging.getLogger("fluxmq")
 
@@ -41,6 +41,10 @@ class Node:
         self.timeouts: Timeouts | None = None
         self.sys: SysTopics | None = None
         self.store = None
+        self.health = None  # the health endpoints' listener (server.health_addr)
+        self.storage_open = False
+        self.started = False
+        self.stopping = False
 
     def _new_session(self, client_id: str, expiry_interval: int) -> Session:
         s = self.cfg.session
@@ -77,9 +81,22 @@ class Node:
                 raise StartupError(str(exc)) from None
             self.store.on_full = set_storage_full
             self.store.attach(loop, flusher)
+        self.storage_open = True
+        self.health = build_health(cfg, self)
+        if self.health is not None:  # first, so that /ready answers 503 while starting
+            try:
+                await self.health.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {self.health.host or '*'}:{self.health.port} (health): "
+                    f"{exc.strerror or exc}"
+                ) from exc
         self.listeners = build_listeners(cfg, self.broker, flusher)
-        if not self.listeners:
-            raise StartupError("no listener is configured (server.tcp.plain.addr is empty)")
+        if not any(listener.settings is not None for listener in self.listeners):
+            raise StartupError(
+                "no MQTT listener is configured (server.tcp.*.addr and server.websocket.*.addr "
+                "are all empty)"
+            )
         for listener in self.listeners:
             try:
                 await listener.start()
@@ -92,10 +109,53 @@ class Node:
         self.timeouts.start()
         self.sys = SysTopics(self.broker, cfg.broker.sys_interval)
         self.sys.start()
+        self.started = True
         log.info("FluxMQ %s started", __version__)
+
+    def readiness(self) -> tuple[bool, dict]:
+        """For `GET /ready`: ready once every listener is bound and storage is open."""
+        details: dict = {
+            "listeners": {listener.name: listener.bound for listener in self.listeners},
+            "storage": "open" if self.storage_open and not self.stopping else "not open",
+        }
+        if self.stopping:
+            details["state"] = "stopping"
+        elif not self.started:
+            details["state"] = "starting"
+        ready = (self.started and not self.stopping and self.storage_open
+                 and all(details["listeners"].values()))
+        return ready, details
+
+    def cluster_status(self) -> dict:
+        """For `GET /cluster/status`: this node (a single node is its own leader)."""
+        connected, total = self.broker.client_count() if self.broker else (0, 0)
+        return {
+            "node_id": self.cfg.cluster.node_id,
+            "mode": "standalone",
+            "is_leader": True,
+            "sessions": connected,
+            "sessions_total": total,
+            "listeners": {listener.name: listener.bound for listener in self.listeners},
+        }
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificates of every TLS listener (new connections get
+        them; established ones stay). A listener whose files are now bad keeps its old ones."""
+        for listener in self.listeners:
+            tls = getattr(listener, "tls", None)
+            if tls is None:
+                continue
+            try:
+                tls.reload()
+            except ConfigError as exc:
+                log.error("certificates not reloaded: %s", exc,
+                          extra={"listener": listener.name})
+            else:
+                log.info("certificates reloaded", extra={"listener": listener.name})
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, publish wills, disconnect everyone, exit."""
+        self.stopping = True
         for listener in self.listeners:
             listener.close()
         if self.sys is not None:
@@ -118,6 +178,9 @@ class Node:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.health is not None:
+            self.health.close()
+            await self.health.wait_closed()
         log.info("FluxMQ stopped")
 
 
@@ -138,6 +201,7 @@ async def serve(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload)
     await stop.wait()
     log.info("shutting down")
     await node.stop()

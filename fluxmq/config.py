@@ -42,6 +42,7 @@ __all__ = [
     "ConfigError",
     "Duration",
     "Enum",
+    "Float",
     "Int",
     "Kind",
     "LogConfig",
@@ -53,6 +54,7 @@ __all__ = [
     "Size",
     "StorageConfig",
     "Str",
+    "StrList",
     "TCPConfig",
     "TCPListenerConfig",
     "format_duration",
@@ -107,7 +109,9 @@ def _render_scalar(value: Any, kind: Kind | None = None) -> str:
     """Render a default as YAML for the docs and the example: enum words bare, other strings
     double-quoted."""
     if isinstance(kind, Enum):
-        return str(value)
+        return str(value) if value else '""'
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value), ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -325,12 +329,14 @@ class Enum(Kind):
         if isinstance(value, str):
             word = value.strip().lower()
             word = self.aliases.get(word, word)
-            if word in self.choices:
-                return word
-        raise _Invalid(f"expected one of {', '.join(self.choices)}, got {_show(value)}")
+            for choice in self.choices:
+                if choice.lower() == word:
+                    return choice
+        shown = ", ".join(c or '""' for c in self.choices)
+        raise _Invalid(f"expected one of {shown}, got {_show(value)}")
 
     def describe(self) -> str:
-        text = "one of " + ", ".join(f"`{c}`" for c in self.choices)
+        text = "one of " + ", ".join(f"`{c}`" if c else '`""`' for c in self.choices)
         if self.aliases:
             text += " (" + ", ".join(f"`{a}` = `{c}`" for a, c in self.aliases.items()) + ")"
         return text
@@ -351,6 +357,67 @@ class Str(Kind):
 
     def describe(self) -> str:
         return self.what
+
+
+@dataclass(frozen=True, slots=True)
+class Float(Kind):
+    """A number (YAML integer or float, not a bool) with optional bounds."""
+
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+
+    def parse(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"expected {self._expected()}, got {_show(value)}")
+        number = float(value)
+        too_small = self.min is not None and (
+            number <= self.min if self.min_exclusive else number < self.min
+        )
+        if too_small or not math.isfinite(number) or (self.max is not None and number > self.max):
+            raise _Invalid(f"expected {self._expected()}, got {value!r}")
+        return number
+
+    def _range(self) -> str:
+        if self.min_exclusive and self.min is not None:
+            return f"> {self.min:g}" + (f" and <= {self.max:g}" if self.max is not None else "")
+        return _range_text(self.min, self.max)
+
+    def _expected(self) -> str:
+        return f"a number {self._range()}".rstrip()
+
+    def dump(self, value: float) -> float | int:
+        return int(value) if value == int(value) else value
+
+    def describe(self) -> str:
+        rng = self._range()
+        return f"number, {rng}" if rng else "number"
+
+
+@dataclass(frozen=True, slots=True)
+class StrList(Kind):
+    """A list of strings (kept as a tuple); `check(item)` may reject an item with a message."""
+
+    what: str = "strings"
+    check: Any = None
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected a list of {self.what}, got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise _Invalid(f"item {i + 1}: expected a non-empty string, got {_show(item)}")
+            if self.check is not None:
+                problem = self.check(item)
+                if problem:
+                    raise _Invalid(f"item {i + 1} ({_show(item)}): {problem}")
+        return tuple(value)
+
+    def dump(self, value: tuple[str, ...]) -> list[str]:
+        return list(value)
+
+    def describe(self) -> str:
+        return f"list of {self.what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,9 +540,13 @@ def subsection(cls: type[Section], doc: str, **defaults: Any) -> Any:
 
 
 class Section:
-    """Base class of every config section: adds `to_dict()`."""
+    """Base class of every config section: adds `to_dict()` and the `check` hook."""
 
     __slots__ = ()
+
+    def check(self, key: str) -> None:
+        """Checks across the settings of this section, after each one is valid on its own;
+        `key` is the section's dotted path. Raise ConfigError naming the key."""
 
     def to_dict(self) -> dict[str, Any]:
         """This section's effective values as plain YAML-able data (durations as strings)."""
@@ -578,11 +649,241 @@ class TCPListenerConfig(Section):
     )
 
 
+def _cipher_problem(name: str) -> str | None:
+    from fluxmq.transport.tls import cipher_problem  # the ssl module's view of the name
+
+    return cipher_problem(name)
+
+
+_CERT_FILE_DOC = (
+    "PEM file with the server certificate (and any intermediate certificates after it). "
+    "Required when `addr` is set."
+)
+_KEY_FILE_DOC = "PEM file with the private key of `cert_file`. Required when `addr` is set."
+_CA_FILE_DOC = (
+    "PEM file with the certificate authorities that client certificates are checked against. "
+    "Required for `mtls` and for `client_auth: require` or `verify_if_given`."
+)
+_CLIENT_AUTH_DOC = (
+    "Client certificates: `none` (not asked for), `request` (asked for, not required, not "
+    "verified), `require_any` (required, not verified), `verify_if_given` (not required; "
+    'verified against `ca_file` if sent), `require` (required and verified). `""`: `require` '
+    "when `ca_file` is set, else `none`."
+)
+_CLIENT_AUTH = Enum(
+    ("", "none", "request", "require_any", "verify_if_given", "require"),
+    MappingProxyType(
+        {
+            "no": "none",
+            "require-any": "require_any",
+            "requireany": "require_any",
+            "verify-if-given": "verify_if_given",
+            "verifyifgiven": "verify_if_given",
+            "require_and_verify": "require",
+            "require-and-verify": "require",
+            "requireandverify": "require",
+        }
+    ),
+)
+_MIN_VERSION = Enum(("TLS1.2", "TLS1.3"), MappingProxyType({"1.2": "tls1.2", "1.3": "tls1.3"}))
+_MIN_VERSION_DOC = "Oldest TLS version accepted; an older client fails the handshake."
+_CIPHERS = StrList("cipher suite names", _cipher_problem)
+_CIPHERS_DOC = (
+    "TLS 1.2 cipher suites offered, by IANA name (`TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`) "
+    "or OpenSSL name (`ECDHE-RSA-AES128-GCM-SHA256`); empty = OpenSSL's defaults. TLS 1.3 "
+    "suites are always on and cannot be listed."
+)
+_PREFER_DOC = (
+    "Choose the cipher suite by the order of `cipher_suites` rather than the client's."
+)
+_IDENTITY_DOC = (
+    "Use the client certificate's identity (subject CN, else its first SAN) as the username "
+    "given to authentication and authorisation; a client without a certificate is refused "
+    "(MQTT: CONNACK 0x87 not authorized)."
+)
+
+
+def _check_tls_listener(section: Any, key: str) -> None:
+    """A TLS listener that is on needs loadable certificate files (checked now, so that a bad
+    file stops the broker at start with the key named)."""
+    if not section.addr:
+        return
+    from fluxmq.transport.tls import check_listener
+
+    check_listener(section, key)
+
+
+@section
+class TCPTLSListenerConfig(TCPListenerConfig):
+    """An MQTT-over-TCP listener with TLS."""
+
+    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
+    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
+    ca_file: str = setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)
+    client_auth: str = setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)
+    min_version: str = setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)
+    cipher_suites: tuple[str, ...] = setting(_CIPHERS, [], _CIPHERS_DOC)
+    prefer_server_cipher_suites: bool = setting(Bool(), False, _PREFER_DOC)
+    use_identity_as_username: bool = setting(Bool(), False, _IDENTITY_DOC)
+
+    def check(self, key: str) -> None:
+        _check_tls_listener(self, key)
+
+
 @section
 class TCPConfig(Section):
     """MQTT over TCP."""
 
     plain: TCPListenerConfig = subsection(TCPListenerConfig, "Plain (unencrypted) MQTT over TCP.")
+    tls: TCPTLSListenerConfig = subsection(
+        TCPTLSListenerConfig,
+        "MQTT over TCP with TLS (conventionally port 8883); off unless `addr` is set.",
+        addr="",
+    )
+    mtls: TCPTLSListenerConfig = subsection(
+        TCPTLSListenerConfig,
+        "MQTT over TCP with mutual TLS: clients must present a certificate signed by `ca_file` "
+        "(conventionally port 8884); off unless `addr` is set.",
+        addr="",
+    )
+
+
+def _origin_problem(origin: str) -> str | None:
+    if origin == "*":
+        return None
+    if origin.startswith("*."):
+        return None if _HOSTNAME.fullmatch(origin[2:]) else "not a valid *.domain pattern"
+    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+", origin):
+        return 'expected "*", "scheme://host[:port]" or "*.domain"'
+    return None
+
+
+@section
+class WSListenerConfig(Section):
+    """An MQTT-over-WebSocket listener."""
+
+    addr: str = setting(
+        Addr(),
+        ":8083",
+        'Listen address: "host:port", ":port" for all interfaces, "[ipv6]:port", '
+        'or "" to disable the listener.',
+    )
+    path: str = setting(
+        Str("URL path"),
+        "/mqtt",
+        "The only URL path that upgrades to WebSocket; any other path gets HTTP 404.",
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        StrList("origins", _origin_problem),
+        [],
+        'Origins (the browser\'s `Origin` header) allowed to connect: `"*"` or an empty list '
+        "allows all; `scheme://host[:port]` matches exactly (case-insensitive); `*.example.com` "
+        "matches any subdomain of example.com. A refused origin gets HTTP 403 before the "
+        "upgrade. A request without an `Origin` header (not a browser) is allowed.",
+    )
+    max_connections: int = setting(
+        Int(min=0),
+        10000,
+        "Most simultaneous MQTT connections on this listener; a new connection over the limit "
+        "is refused (MQTT 5: CONNACK 0x9F). 0 = unlimited.",
+    )
+    read_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "60s",
+        "The WebSocket handshake and then the CONNECT packet must each arrive within this "
+        "time, and a partially received packet must complete within it.",
+    )
+    write_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "60s",
+        "A client that accepts no written data for this long is disconnected.",
+    )
+
+
+@section
+class WSTLSListenerConfig(WSListenerConfig):
+    """An MQTT-over-WebSocket listener with TLS (wss://)."""
+
+    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
+    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
+    ca_file: str = setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)
+    client_auth: str = setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)
+    min_version: str = setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)
+    cipher_suites: tuple[str, ...] = setting(_CIPHERS, [], _CIPHERS_DOC)
+    prefer_server_cipher_suites: bool = setting(Bool(), False, _PREFER_DOC)
+    use_identity_as_username: bool = setting(Bool(), False, _IDENTITY_DOC)
+
+    def check(self, key: str) -> None:
+        _check_tls_listener(self, key)
+
+
+@section
+class WSConfig(Section):
+    """MQTT over WebSocket."""
+
+    plain: WSListenerConfig = subsection(WSListenerConfig, "Plain MQTT over WebSocket (ws://).")
+    tls: WSTLSListenerConfig = subsection(
+        WSTLSListenerConfig, "MQTT over WebSocket with TLS (wss://); off unless `addr` is set.",
+        addr="",
+    )
+    mtls: WSTLSListenerConfig = subsection(
+        WSTLSListenerConfig,
+        "MQTT over WebSocket with mutual TLS (wss:// with client certificates); off unless "
+        "`addr` is set.",
+        addr="",
+    )
+
+
+@section
+class HTTPListenerConfig(Section):
+    """An HTTP bridge listener."""
+
+    addr: str = setting(
+        Addr(),
+        ":8080",
+        'Listen address of the HTTP bridge (`POST /publish`, `GET /health`): "host:port", '
+        '":port", "[ipv6]:port", or "" to disable it.',
+    )
+    read_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "30s",
+        "A request must arrive complete within this time, and an idle keep-alive connection is "
+        "closed after it.",
+    )
+
+
+@section
+class HTTPTLSListenerConfig(HTTPListenerConfig):
+    """An HTTP bridge listener with TLS (https://)."""
+
+    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
+    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
+    ca_file: str = setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)
+    client_auth: str = setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)
+    min_version: str = setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)
+    cipher_suites: tuple[str, ...] = setting(_CIPHERS, [], _CIPHERS_DOC)
+    prefer_server_cipher_suites: bool = setting(Bool(), False, _PREFER_DOC)
+    use_identity_as_username: bool = setting(Bool(), False, _IDENTITY_DOC)
+
+    def check(self, key: str) -> None:
+        _check_tls_listener(self, key)
+
+
+@section
+class HTTPConfig(Section):
+    """The HTTP bridge."""
+
+    plain: HTTPListenerConfig = subsection(HTTPListenerConfig, "Plain HTTP bridge.")
+    tls: HTTPTLSListenerConfig = subsection(
+        HTTPTLSListenerConfig, "HTTP bridge over TLS (https://); off unless `addr` is set.",
+        addr="",
+    )
+    mtls: HTTPTLSListenerConfig = subsection(
+        HTTPTLSListenerConfig,
+        "HTTP bridge over mutual TLS (https:// with client certificates); off unless `addr` "
+        "is set.",
+        addr="",
+    )
 
 
 @section
@@ -590,6 +891,17 @@ class ServerConfig(Section):
     """Network listeners."""
 
     tcp: TCPConfig = subsection(TCPConfig, "MQTT over TCP listeners.")
+    websocket: WSConfig = subsection(WSConfig, "MQTT over WebSocket listeners.")
+    http: HTTPConfig = subsection(HTTPConfig, "HTTP bridge listeners.")
+    health_enabled: bool = setting(
+        Bool(), True, "Serve the health endpoints (`/health`, `/ready`, `/cluster/status`)."
+    )
+    health_addr: str = setting(
+        Addr(),
+        ":8081",
+        "Listen address of the health endpoints; \"\" disables them (as does "
+        "`health_enabled: false`).",
+    )
 
 
 @section
@@ -725,6 +1037,88 @@ class StorageConfig(Section):
 
 
 @section
+class ConnectionRateConfig(Section):
+    """New connections per source IP address."""
+
+    enabled: bool = setting(
+        Bool(), True, "Limit new connections per source IP (when `ratelimit.enabled`)."
+    )
+    rate: float = setting(
+        Float(0, min_exclusive=True),
+        1.6667,
+        "New connections allowed per second per IP, on average (1.6667 = 100 a minute).",
+    )
+    burst: int = setting(Int(min=1), 20, "New connections an IP may open at once.")
+    cleanup_interval: float = setting(
+        Duration(min_exclusive=True),
+        "300s",
+        "How often the limiter forgets the addresses whose allowance has refilled completely.",
+    )
+
+
+@section
+class MessageRateConfig(Section):
+    """PUBLISH packets per client."""
+
+    enabled: bool = setting(
+        Bool(), True, "Limit PUBLISH packets per client (when `ratelimit.enabled`)."
+    )
+    rate: float = setting(
+        Float(0, min_exclusive=True), 1000, "PUBLISH packets allowed per second per client."
+    )
+    burst: int = setting(Int(min=1), 100, "PUBLISH packets a client may send at once.")
+
+
+@section
+class SubscribeRateConfig(Section):
+    """Subscriptions per client."""
+
+    enabled: bool = setting(
+        Bool(), True, "Limit SUBSCRIBE topic filters per client (when `ratelimit.enabled`)."
+    )
+    rate: float = setting(
+        Float(0, min_exclusive=True), 100, "Topic filters allowed per second per client."
+    )
+    burst: int = setting(Int(min=1), 10, "Topic filters a client may subscribe to at once.")
+
+
+@section
+class RateLimitConfig(Section):
+    """Rate limits."""
+
+    enabled: bool = setting(
+        Bool(),
+        False,
+        "Master switch: no rate limit applies unless this is true (then each of `connection`, "
+        "`message`, `subscribe` applies unless its own `enabled` is false).",
+    )
+    connection: ConnectionRateConfig = subsection(
+        ConnectionRateConfig,
+        "New connections per source IP, on the MQTT listeners (TCP: closed before MQTT; "
+        "WebSocket: HTTP 429 before the upgrade).",
+    )
+    message: MessageRateConfig = subsection(
+        MessageRateConfig,
+        "PUBLISH packets per client (MQTT 5: PUBACK/PUBREC 0x96, QoS 0 dropped and counted; "
+        "MQTT 3.1.1: disconnected; HTTP bridge, per source IP: 429).",
+    )
+    subscribe: SubscribeRateConfig = subsection(
+        SubscribeRateConfig,
+        "SUBSCRIBE topic filters per client (MQTT 5: SUBACK 0x97 for each filter over the "
+        "limit; MQTT 3.1.1: 0x80).",
+    )
+
+
+@section
+class ClusterConfig(Section):
+    """This node's place in a cluster."""
+
+    node_id: str = setting(
+        Str("string"), "fluxmq-1", "This node's name, reported by `GET /cluster/status`."
+    )
+
+
+@section
 class Config(Section):
     """The whole FluxMQ configuration. `Config()` is the all-defaults configuration."""
 
@@ -733,6 +1127,8 @@ class Config(Section):
     session: SessionConfig = subsection(SessionConfig, "Persistent sessions.")
     log: LogConfig = subsection(LogConfig, "Logging (to standard error).")
     storage: StorageConfig = subsection(StorageConfig, "Where durable state is kept.")
+    ratelimit: RateLimitConfig = subsection(RateLimitConfig, "Rate limits (off by default).")
+    cluster: ClusterConfig = subsection(ClusterConfig, "This node's identity.")
 
 
 # Keys of the original Go broker that have a different name here (old key -> new key).
@@ -769,7 +1165,10 @@ def _build(cls: type[_S], data: Any, path: str, defaults: Mapping[str, Any]) -> 
             values[name] = spec.kind.parse(raw)
         except _Invalid as e:
             raise ConfigError(f"{key}: {e}", key) from None
-    return cls(**values)
+    built = cls(**values)
+    if path:
+        built.check(path)
+    return built
 
 
 def _unknown_key(path: str, key: Any, siblings: list[str]) -> ConfigError:

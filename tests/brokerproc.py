@@ -61,7 +61,14 @@ class BrokerProc:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         base = {
-            "server": {"tcp": {"plain": {"addr": f"{self.host}:{self.port}"}}},
+            "server": {
+                "tcp": {"plain": {"addr": f"{self.host}:{self.port}"}},
+                # The other default listeners (WebSocket :8083, HTTP :8080, health :8081) are off
+                # unless a test turns them on with ports of its own.
+                "websocket": {"plain": {"addr": ""}},
+                "http": {"plain": {"addr": ""}},
+                "health_addr": "",
+            },
             "log": {"level": "debug"},
             "storage": {"type": "memory", "path": str(self.workdir / "data")},
         }

@@ -39,16 +39,38 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "configuration.md"
 EXAMPLE = ROOT / "examples" / "fluxmq.yaml"
 
+_TLS = {
+    "cert_file": "",
+    "key_file": "",
+    "ca_file": "",
+    "client_auth": "",
+    "min_version": "TLS1.2",
+    "cipher_suites": [],
+    "prefer_server_cipher_suites": False,
+    "use_identity_as_username": False,
+}
+_LIMITS = {"max_connections": 10000, "read_timeout": "60s", "write_timeout": "60s"}
+_WS = {"path": "/mqtt", "allowed_origins": [], **_LIMITS}
+
 EXPECTED_DEFAULTS = {
     "server": {
         "tcp": {
-            "plain": {
-                "addr": ":1883",
-                "max_connections": 10000,
-                "read_timeout": "60s",
-                "write_timeout": "60s",
-            }
-        }
+            "plain": {"addr": ":1883", **_LIMITS},
+            "tls": {"addr": "", **_LIMITS, **_TLS},
+            "mtls": {"addr": "", **_LIMITS, **_TLS},
+        },
+        "websocket": {
+            "plain": {"addr": ":8083", **_WS},
+            "tls": {"addr": "", **_WS, **_TLS},
+            "mtls": {"addr": "", **_WS, **_TLS},
+        },
+        "http": {
+            "plain": {"addr": ":8080", "read_timeout": "30s"},
+            "tls": {"addr": "", "read_timeout": "30s", **_TLS},
+            "mtls": {"addr": "", "read_timeout": "30s", **_TLS},
+        },
+        "health_enabled": True,
+        "health_addr": ":8081",
     },
     "broker": {
         "max_message_size": 1048576,
@@ -69,6 +91,13 @@ EXPECTED_DEFAULTS = {
     },
     "log": {"level": "info", "format": "text"},
     "storage": {"type": "memory", "path": "./data", "fsync": "interval", "fsync_interval": "1s"},
+    "ratelimit": {
+        "enabled": False,
+        "connection": {"enabled": True, "rate": 1.6667, "burst": 20, "cleanup_interval": "300s"},
+        "message": {"enabled": True, "rate": 1000, "burst": 100},
+        "subscribe": {"enabled": True, "rate": 100, "burst": 10},
+    },
+    "cluster": {"node_id": "fluxmq-1"},
 }
 
 
@@ -152,15 +181,18 @@ log: {level: debug, format: json}
 storage: {type: lmdb, path: /var/lib/fluxmq}
 """
     assert load_text(tmp_path, text).to_dict() == {
+        **EXPECTED_DEFAULTS,
         "server": {
+            **EXPECTED_DEFAULTS["server"],
             "tcp": {
+                **EXPECTED_DEFAULTS["server"]["tcp"],
                 "plain": {
                     "addr": "127.0.0.1:1999",
                     "max_connections": 0,
                     "read_timeout": "5s",
                     "write_timeout": "60s",
-                }
-            }
+                },
+            },
         },
         "broker": {
             "max_message_size": 65536,
@@ -397,8 +429,9 @@ def test_only_the_first_problem_is_reported_in_schema_order(tmp_path):
         ),
         # no close match: list what is valid here
         (
-            "cluster: {enabled: true}",
-            "unknown key cluster (valid keys here: server, broker, session, log, storage)",
+            "webhook: {enabled: true}",
+            "unknown key webhook (valid keys here: server, broker, session, log, storage, "
+            "ratelimit, cluster)",
         ),
         (
             "log: {colour: true}",
@@ -421,7 +454,7 @@ def test_unknown_key_deep_inside_a_valid_section(tmp_path):
 
 
 def test_no_parsed_but_ignored_keys_of_later_features(tmp_path):
-    for text in ("server: {websocket: {}}", "webhook: {}", "queues: []", "auth: {}"):
+    for text in ("server: {coap: {}}", "webhook: {}", "queues: []", "auth: {}"):
         assert str(error_of(tmp_path, text + "\n")).startswith("unknown key ")
 
 
@@ -509,7 +542,7 @@ def test_top_level_must_be_a_mapping(tmp_path, text, got):
     path = write(tmp_path, text)
     assert str(error_of(tmp_path, text)) == (
         f"{path}: the top level must be a mapping of sections "
-        f"(server, broker, session, log, storage), got {got}"
+        f"(server, broker, session, log, storage, ratelimit, cluster), got {got}"
     )
 
 
@@ -804,8 +837,23 @@ def test_section_info_is_listed_for_every_section():
         "server",
         "server.tcp",
         "server.tcp.plain",
+        "server.tcp.tls",
+        "server.tcp.mtls",
+        "server.websocket",
+        "server.websocket.plain",
+        "server.websocket.tls",
+        "server.websocket.mtls",
+        "server.http",
+        "server.http.plain",
+        "server.http.tls",
+        "server.http.mtls",
         "broker",
         "session",
         "log",
         "storage",
+        "ratelimit",
+        "ratelimit.connection",
+        "ratelimit.message",
+        "ratelimit.subscribe",
+        "cluster",
     ]

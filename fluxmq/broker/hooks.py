@@ -20,7 +20,8 @@ class ClientInfo:
     remote: str | None
     protocol: str  # "mqtt3.1", "mqtt3.1.1", "mqtt5"
     listener: str
-    cert_identity: str | None = None
+    cert_identity: str | None = None  # TLS client certificate: subject CN, else first SAN
+    cert_sans: tuple[str, ...] = ()  # its SANs: "DNS:name", "IP:addr", "URI:...", "email:..."
 
 
 class Hooks:

@@ -113,14 +113,20 @@ def handle_connect(conn, pkt: codec.Connect) -> None:
             return refuse(conn, rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
         will = _will(pkt.will, client_id, v)
 
-    info = ClientInfo(client_id, pkt.username, pkt.password, conn.remote, _PROTOCOLS[v],
-                      conn.listener.name)
+    identity, sans = conn.listener.peer_identity(conn)  # the client certificate (TLS)
+    username = pkt.username
+    if conn.listener.use_identity_as_username:
+        if identity is None:
+            return refuse(conn, rc.NOT_AUTHORIZED, "a client certificate is required")
+        username = identity
+    info = ClientInfo(client_id, username, pkt.password, conn.remote, _PROTOCOLS[v],
+                      conn.listener.name, identity, sans)
     refusal = broker.hooks.authenticate(info)
     if refusal:
         return refuse(conn, refusal)
 
     conn.client_id = client_id
-    conn.username = pkt.username
+    conn.username = username
     conn.keepalive = keepalive
     conn.last_rx = monotonic_now()
     window = s.max_inflight

@@ -44,6 +44,9 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
         if not codec.valid_topic_filter(topic_filter):
             codes.append(rc.TOPIC_FILTER_INVALID if v5 else 0x80)
             continue
+        if conn.sub_limit is not None and not conn.sub_limit.allow():  # ratelimit.subscribe
+            codes.append(rc.QUOTA_EXCEEDED if v5 else 0x80)
+            continue
         group, inner = split_shared(topic_filter)
         if group is not None and req.no_local:
             raise codec.ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]

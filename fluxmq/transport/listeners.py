@@ -1,24 +1,113 @@
-"""Every listener the configuration asks for, built in one place."""
+"""Every listener the configuration asks for, built in one place.
+
+MQTT: `server.tcp.{plain,tls,mtls}` and `server.websocket.{plain,tls,mtls}`; the HTTP bridge:
+`server.http.{plain,tls,mtls}`; the health endpoints: `server.health_addr` (`build_health`).
+A listener is on when its `addr` is not empty.
+"""
 
 from __future__ import annotations
 
 from fluxmq._speedups.bufpool import Flusher
 from fluxmq.config import Config, parse_addr
 from fluxmq.mqtt.settings import MQTTSettings
+from fluxmq.transport.health import Health
+from fluxmq.transport.http import HTTPListener
+from fluxmq.transport.http_bridge import Bridge
+from fluxmq.transport.limits import RateLimits
 from fluxmq.transport.tcp import TCPListener
+from fluxmq.transport.tls import ServerTLS
+from fluxmq.transport.websocket import WSListener
+
+MODES = ("plain", "tls", "mtls")
+
+
+def _name(kind: str, mode: str) -> str:
+    return kind if mode == "plain" else f"{kind}.{mode}"
 
 
 def build_listeners(cfg: Config, broker, flusher: Flusher) -> list:
     """The listeners of `cfg` (not started). Each has `name`, `start()`, `close()`,
-    `wait_closed()` and `connections` (the live MQTT connections, for the timeout scan)."""
+    `wait_closed()`, `bound`, and `connections` (the live MQTT connections, for the timeout
+    scan; always empty for the HTTP bridge)."""
+    limits = RateLimits.from_config(cfg)
     listeners: list = []
-    plain = cfg.server.tcp.plain
-    addr = parse_addr(plain.addr)
-    if addr is not None:
+    for mode in MODES:
+        section = getattr(cfg.server.tcp, mode)
+        addr = parse_addr(section.addr)
+        if addr is None:
+            continue
+        tls = ServerTLS(section, f"server.tcp.{mode}") if mode != "plain" else None
         listeners.append(
             TCPListener(
-                "tcp", addr[0], addr[1], broker, MQTTSettings.from_config(cfg, plain), flusher,
-                plain.max_connections,
+                _name("tcp", mode),
+                addr[0],
+                addr[1],
+                broker,
+                MQTTSettings.from_config(cfg, section),
+                flusher,
+                section.max_connections,
+                tls=tls,
+                conn_limiter=limits.connections,
+                message_rate=limits.message,
+                subscribe_rate=limits.subscribe,
+            )
+        )
+    for mode in MODES:
+        section = getattr(cfg.server.websocket, mode)
+        addr = parse_addr(section.addr)
+        if addr is None:
+            continue
+        tls = ServerTLS(section, f"server.websocket.{mode}") if mode != "plain" else None
+        listeners.append(
+            WSListener(
+                _name("websocket", mode),
+                addr[0],
+                addr[1],
+                broker,
+                MQTTSettings.from_config(cfg, section),
+                flusher,
+                section.max_connections,
+                tls=tls,
+                conn_limiter=limits.connections,
+                message_rate=limits.message,
+                subscribe_rate=limits.subscribe,
+                path=section.path,
+                allowed_origins=section.allowed_origins,
+            )
+        )
+    for mode in MODES:
+        section = getattr(cfg.server.http, mode)
+        addr = parse_addr(section.addr)
+        if addr is None:
+            continue
+        tls = ServerTLS(section, f"server.http.{mode}") if mode != "plain" else None
+        bridge = Bridge(
+            broker,
+            cfg.broker.max_message_size,
+            cfg.broker.max_qos,
+            limits.http_messages,
+            use_identity_as_username=bool(tls and tls.use_identity_as_username),
+            tls=tls is not None,
+        )
+        listeners.append(
+            HTTPListener(
+                _name("http", mode),
+                addr[0],
+                addr[1],
+                bridge,
+                section.read_timeout,
+                bridge.max_body,
+                tls,
             )
         )
     return listeners
+
+
+def build_health(cfg: Config, node) -> HTTPListener | None:
+    """The health listener (`server.health_addr`), or None when it is off."""
+    if not cfg.server.health_enabled:
+        return None
+    addr = parse_addr(cfg.server.health_addr)
+    if addr is None:
+        return None
+    return HTTPListener("health", addr[0], addr[1], Health(node), read_timeout=10.0, max_body=65536)
