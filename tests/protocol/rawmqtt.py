@@ -71,6 +71,9 @@ Client
         .disconnect(reason=None, properties=None, linger=1.0)  send DISCONNECT, wait for the
                                              server's close (at most `linger` s), close
         .close()                             drop the TCP connection (no DISCONNECT)
+        .abort()                             reset the TCP connection (RST)
+        .pending                             deque of packets set aside while waiting for acks
+        RawClient.live                       set of clients not yet closed (fixtures close them)
         .next_packet_id()
     RawClient.connected(address, client_id, *, version, timeout, **connect_kwargs) -> RawClient
         opens, sends CONNECT, asserts a successful CONNACK.
@@ -972,7 +975,7 @@ class RawClient:
         assert pkt.type == ptype, f"expected {PacketType(ptype).name}, got {pkt!r}"
         return pkt
 
-    def _expect_reply(self, ptype: int, packet_id: int, timeout: float | None) -> Packet:
+    def _expect_reply(self, ptype: int, packet_id: int | None, timeout: float | None) -> Packet:
         """Wait for the `ptype` packet with `packet_id`; other packets received meanwhile (e.g.
         PUBLISHes from the broker) are kept in `pending` and returned by later recv() calls."""
         name = PacketType(ptype).name
@@ -1122,8 +1125,9 @@ class RawClient:
         return self._expect_reply(PacketType.UNSUBACK, pid, timeout)
 
     def ping(self, timeout: float | None = None) -> Packet:
+        """PINGREQ and wait for the PINGRESP (packets arriving meanwhile go to .pending)."""
         self.send(pingreq())
-        return self.expect(PacketType.PINGRESP, timeout)
+        return self._expect_reply(PacketType.PINGRESP, None, timeout)
 
     def ack(self, pkt: Packet, *, complete: bool = True, timeout: float | None = None) -> None:
         """Acknowledge a received PUBLISH: PUBACK for QoS 1; PUBREC for QoS 2 and, when
