@@ -47,6 +47,7 @@ cdef class Flusher:
 
     cdef int add(self, OutBuffer b) except -1
     cpdef int request(self) except -1
+    cpdef object call_soon(self, object callback)
     cpdef int flush_all(self) except -1
 
 

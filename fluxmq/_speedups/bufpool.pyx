@@ -305,6 +305,10 @@ cdef class Flusher:
             self._call_soon(self._run)
         return 0
 
+    cpdef object call_soon(self, object callback):
+        """Schedule `callback` on this flusher's loop (for objects that keep no loop)."""
+        return self._call_soon(callback)
+
     cpdef int flush_all(self) except -1:
         cdef list dirty = self._dirty
         cdef OutBuffer b

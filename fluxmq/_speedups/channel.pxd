@@ -49,10 +49,14 @@ cdef class ChannelCore(Outlet):
     cdef public bint will_wanted           # publish the will when the connection ends
     cdef public TokenBucket msg_limit      # ratelimit.message: PUBLISH packets (None = off)
     cdef public TokenBucket sub_limit      # ratelimit.subscribe: SUBSCRIBE filters (None = off)
+    cdef public int blocked                # sessions this publisher waits on (back-pressure)
+    cdef public double blocked_since
+    cdef list _blockers
     cdef dict in_aliases                   # inbound topic alias -> topic
     cdef dict out_aliases                  # outbound topic -> alias
     cdef int out_alias_next
 
+    cdef int _block(self, list sessions) except -1
     cdef int _on_publish(self, Frame* f) except -1
     cdef int _on_ack(self, Frame* f, int ptype) except -1
     cdef str _why(self, str reason_string)

@@ -28,7 +28,7 @@ from fluxmq._speedups.codec cimport (
 from fluxmq._speedups.dispatch cimport Dispatcher, Counters
 from fluxmq._speedups.message cimport Message
 from fluxmq._speedups.ratelimit cimport TokenBucket
-from fluxmq._speedups.session cimport Outlet, Session
+from fluxmq._speedups.session cimport Outlet, Session, take_congested
 
 import time
 
@@ -116,6 +116,10 @@ cdef class ChannelCore(Outlet):
         self.counters.bytes_received += PyBytes_GET_SIZE(data)
         if self.state >= ST_CLOSING:
             return
+        if self.blocked:
+            self.decoder.push(data)     # keep it, unparsed, until the block ends
+            self.decoder._carry(0)
+            return
         try:
             self.decoder.push(data)
             while self.decoder.next(&f):
@@ -124,6 +128,12 @@ cdef class ChannelCore(Outlet):
                 if self.state == ST_CONNECTED:
                     if ptype == PUBLISH:
                         self._on_publish(&f)
+                        if self.blocked:
+                            # Back-pressure: keep the rest of the chunk until released.
+                            self.decoder._carry(0)
+                            if self.transport is not None:
+                                self.transport.pause_reading()
+                            return
                     elif PUBACK <= ptype <= PUBCOMP and f.length == 2:
                         self._on_ack(&f, ptype)
                     elif ptype == PINGREQ and f.first == 0xC0 and f.length == 0:
@@ -173,6 +183,8 @@ cdef class ChannelCore(Outlet):
         if self.state < ST_CLOSING and self.close_reason == 0:
             self.close_reason = 0x80      # the peer went away without DISCONNECT
         self.state = ST_CLOSED
+        if self.blocked:
+            self.release_all()
         if self.out is not None:
             self.out.detach_transport()
         self.on_closed(exc)
@@ -257,6 +269,10 @@ cdef class ChannelCore(Outlet):
         if reason == 0:
             msg.origin = self.client_id
             n = self.dispatcher.publish(msg)
+            if qos:
+                congested = take_congested()
+                if congested:
+                    self._block(congested)
             if n == 0 and self.version == MQTT_5:
                 reason = 0x10            # no matching subscribers (still a success)
         else:
@@ -315,6 +331,50 @@ cdef class ChannelCore(Outlet):
                 self._ack(PUBCOMP, pid, 0x92, self._why(UNKNOWN_PID))
         else:
             self.session.on_pubcomp(pid)
+
+    cdef int _block(self, list sessions) except -1:
+        """Wait for slow subscribers' queues to drain before reading more from this client."""
+        cdef Session s
+        for obj in sessions:
+            s = <Session>obj
+            if s is self.session or s.outlet is None:
+                continue        # never wait on ourselves (we must keep reading our acks)
+            if self._blockers is None:
+                self._blockers = []
+            if s in self._blockers:
+                continue
+            self._blockers.append(s)
+            s.block(self)
+            self.blocked += 1
+        if self.blocked and self.blocked_since == 0.0:
+            self.blocked_since = monotonic()
+        return 0
+
+    def release(self, session):
+        """A session this publisher waited on has drained (or gone)."""
+        if self._blockers is None or session not in self._blockers:
+            return
+        self._blockers.remove(session)
+        self.blocked -= 1
+        if self.blocked == 0:
+            self._blockers = None
+            self.blocked_since = 0.0
+            if self.transport is not None:
+                self.flusher.call_soon(self._resume_after_block)
+
+    def release_all(self):
+        """Stop waiting (the block lasted too long, or this connection is closing)."""
+        if self._blockers is not None:
+            for s in list(self._blockers):
+                (<Session>s).unblock(self)
+                self.release(s)
+
+    def _resume_after_block(self):
+        if self.blocked or self.state >= ST_CLOSING or self.transport is None:
+            return
+        self.last_rx = monotonic()
+        self.transport.resume_reading()
+        self.data_received(b"")
 
     cdef int _ack(self, int ptype, int packet_id, int reason, str reason_string) except -1:
         if self.state >= ST_CLOSING:

@@ -47,6 +47,8 @@ cdef class Session:
     cdef public object store              # persistence hook (None for the memory store)
     cdef public object expiry_handle      # the broker's timer for expiry while offline
     cdef public Py_ssize_t spilled        # queued entries kept on disk only (newest ones)
+    cdef public list blocked              # publishers paused until this queue drains (or None)
+    cdef public Py_ssize_t high_water     # online queue length that pauses publishers
     cdef dict inflight                    # packet id -> Inflight, in send order
     cdef object queue                     # deque of Inflight not yet sent
     cdef int next_pid
@@ -57,6 +59,7 @@ cdef class Session:
     cdef int _drop_oldest(self) except -1
     cdef int _send(self, Inflight e, bint dup) except -1
     cdef int _alloc_pid(self) except -1
+    cdef int _release_blocked(self) except -1
     cpdef int add_rel(self, int packet_id) except -1
     cpdef int remove_rel(self, int packet_id) except -1
     cdef int _refill(self) except -1
@@ -66,3 +69,6 @@ cdef class Session:
     cpdef int pump(self) except -1
     cpdef int resume(self, Outlet outlet) except -1
     cpdef int retry_due(self, double now, double interval) except -1
+
+
+cdef list take_congested()

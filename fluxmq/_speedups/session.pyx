@@ -19,6 +19,22 @@ import time
 cdef enum:
     SPILL_AT = 1000        # queued entries kept in memory before newer ones stay on disk
     SPILL_BATCH = 500      # entries read back from disk at a time
+    HIGH_WATER_MAX = 1000  # an online queue this long pauses the publishers feeding it
+
+# Sessions whose online queue passed its high-water mark during the current publish: the
+# publishing channel takes them (take_congested) and pauses its input until they drain.
+cdef list _congested = []
+
+
+cdef list take_congested():
+    global _congested
+    cdef list out = _congested
+    _congested = []
+    return out
+
+
+def congested_count() -> int:
+    return len(_congested)
 
 
 cdef class Outlet:
@@ -82,6 +98,7 @@ cdef class Session:
         self.queue = deque()
         self.awaiting_rel = set()
         self.next_pid = 1
+        self.high_water = max(1, min(max_queue // 2, HIGH_WATER_MAX))
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -118,7 +135,18 @@ cdef class Session:
         self.queue.append(e)
         if self.store is not None:
             self.store.queued(self, e)
+        if self.outlet is not None and len(self.queue) >= self.high_water:
+            # Back-pressure: the connected client is slower than its publishers. Rather than
+            # evicting acknowledged messages, the publisher is paused until this queue drains.
+            _congested.append(self)
         return 1
+
+    cdef int _release_blocked(self) except -1:
+        cdef list blocked = self.blocked
+        self.blocked = None
+        for w in blocked:
+            w.release(self)
+        return 0
 
     cdef int _drop_oldest(self) except -1:
         cdef Inflight old
@@ -187,6 +215,8 @@ cdef class Session:
                 if e.msg.expired(now):
                     continue
             self._send(e, False)
+        if self.blocked is not None and len(self.queue) <= self.high_water // 2:
+            self._release_blocked()
         return 0
 
     cpdef int add_rel(self, int packet_id) except -1:
@@ -294,6 +324,21 @@ cdef class Session:
         """The connection went away; the session stays (or is discarded by the broker)."""
         self.outlet = None
         self.disconnected_at = time.time()
+        if self.blocked is not None:
+            self._release_blocked()
+
+    def block(self, publisher):
+        """`publisher` (its `release(session)` is called once this queue drains) waits."""
+        if self.blocked is None:
+            self.blocked = [publisher]
+        elif publisher not in self.blocked:
+            self.blocked.append(publisher)
+
+    def unblock(self, publisher):
+        if self.blocked is not None and publisher in self.blocked:
+            self.blocked.remove(publisher)
+            if not self.blocked:
+                self.blocked = None
 
     def take_shared(self) -> list:
         """Remove and return the QoS>0 deliveries that came through shared subscriptions and

@@ -8,6 +8,10 @@
   is disconnected.
 - `broker.retry_interval`: MQTT 3.1.1 clients get unacknowledged QoS 1/2 messages again after
   it (MQTT 5 forbids resending within a connection [MQTT-4.4.0-1]).
+- Back-pressure: a publisher paused because a subscriber's queue is full resumes after at most
+  BLOCK_MAX seconds even if the queue did not drain (then the queue's bound and policy apply);
+  this also breaks any cycle of clients waiting on each other. A paused client is not held to
+  its keep-alive (we are not reading it).
 
 One scan of all connections every half second costs far less than a timer per connection that
 is re-armed on every packet.
@@ -17,12 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from fluxmq._speedups.channel import now as monotonic_now
 from fluxmq.mqtt import reason_codes as rc
 
+log = logging.getLogger("fluxmq.mqtt")
+
 ST_CONNECTED = 2
 ST_CLOSING = 3
+BLOCK_MAX = 2.0
 
 
 class Timeouts:
@@ -45,7 +53,10 @@ class Timeouts:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            self.scan()
+            try:
+                self.scan()
+            except Exception:  # one bad connection must not stop the timeouts of all others
+                log.exception("timeout scan failed")
 
     def scan(self) -> None:
         now = monotonic_now()
@@ -54,6 +65,10 @@ class Timeouts:
             for conn in list(listener.connections):
                 state = conn.state
                 if state >= ST_CLOSING:
+                    continue
+                if conn.blocked:
+                    if now - conn.blocked_since > BLOCK_MAX:
+                        conn.release_all()
                     continue
                 idle = now - conn.last_rx
                 if state == ST_CONNECTED:
