@@ -1010,7 +1010,7 @@ class StorageConfig(Section):
 
     type: str = setting(
         Enum(("memory", "lmdb")),
-        "memory",
+        "lmdb",
         "`lmdb`: sessions, subscriptions, in-flight and queued messages, retained messages and "
         "wills are kept in an LMDB database under `storage.path` and survive restarts; "
         "`memory`: nothing survives a restart.",

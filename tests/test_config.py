@@ -90,7 +90,7 @@ EXPECTED_DEFAULTS = {
         "max_expiry_interval": 4294967295,
     },
     "log": {"level": "info", "format": "text"},
-    "storage": {"type": "memory", "path": "./data", "fsync": "interval", "fsync_interval": "1s"},
+    "storage": {"type": "lmdb", "path": "./data", "fsync": "interval", "fsync_interval": "1s"},
     "ratelimit": {
         "enabled": False,
         "connection": {"enabled": True, "rate": 1.6667, "burst": 20, "cleanup_interval": "300s"},
@@ -145,7 +145,7 @@ def test_defaults_as_typed_attributes():
     assert cfg.session.max_expiry_interval == 4294967295
     assert cfg.log.level == "info"
     assert cfg.log.format == "text"
-    assert cfg.storage.type == "memory"
+    assert cfg.storage.type == "lmdb"
     assert cfg.storage.path == "./data"
 
 
