@@ -183,6 +183,9 @@ class HTTPProtocol(asyncio.Protocol):
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.listener.max_body:
             self._refuse(413, "request body too large")
+        if self.headers.get("expect", "").lower() == "100-continue":
+            self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._flush()
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
