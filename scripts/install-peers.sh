@@ -16,6 +16,14 @@ case "${1:-test}" in
     want mosquitto_pub mosquitto-clients
     want mosquitto_sub mosquitto-clients
     want mosquitto_passwd mosquitto
+    # tests/transport: certificates, curl, MQTT.js in headless Chromium (npm brings MQTT.js)
+    want openssl openssl
+    want curl curl
+    want chromium chromium
+    want npm npm
+    js="$(cd "$(dirname "$0")/.." && pwd)/tests/transport/js"
+    # MQTT.js into tests/transport/js/node_modules, on exit: after the packages above are in.
+    trap 'rc=$?; [ $rc -eq 0 ] || exit $rc; [ -f "$js/node_modules/mqtt/dist/mqtt.min.js" ] || npm ci --prefix "$js" --no-audit --no-fund --loglevel=error || exit 1' EXIT
     ;;
   bench)
     want mosquitto mosquitto
