@@ -151,7 +151,7 @@ def start_broker(broker_factory, listeners: dict[str, dict] | None = None, confi
     cfg = deep_merge({"server": server}, config or {})
     b = broker_factory(cfg)
     ports["tcp"] = b.port
-    for name, port in ports.items():
+    for port in ports.values():
         wait_port(HOST, port, 10, b.proc)
     return b, ports
 

@@ -61,7 +61,7 @@ class InProcessNode:
         self.node = Node(self.cfg)
         try:
             loop.run_until_complete(self._start())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+        except BaseException as exc:
             self.error = exc
             self.started.set()
             return

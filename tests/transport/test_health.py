@@ -31,7 +31,7 @@ def get(port: int, path: str, *args: str) -> tuple[int, dict]:
 
 
 def test_health_ready_and_cluster_status(mqtt_broker):
-    b, ports = mqtt_broker({"ws": {}}, config={"cluster": {"node_id": "node-7"}}, health=True)
+    _, ports = mqtt_broker({"ws": {}}, config={"cluster": {"node_id": "node-7"}}, health=True)
     port = ports["health"]
     assert get(port, "/health") == (200, {"status": "healthy"})
     assert get(port, "/ready") == (200, {"status": "ready"})

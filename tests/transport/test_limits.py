@@ -8,9 +8,9 @@ import socket
 import time
 
 import pytest
+from fluxmq._speedups.ratelimit import KeyedLimiter, TokenBucket
 from websockets.exceptions import InvalidStatus
 
-from fluxmq._speedups.ratelimit import KeyedLimiter, TokenBucket
 from fluxmq.transport.limits import IPLimiter
 from tests.protocol.rawmqtt import V5, V311, ConnectionClosed, PacketType, RawClient, connect
 from tests.transport.conftest import HOST
@@ -248,7 +248,7 @@ def test_tcp_rate_refusal_leaves_nothing_behind(mqtt_broker):
     """Refused connections do not count against max_connections."""
     _, ports = mqtt_broker(
         config={**_limits(connection={"rate": 1, "burst": 1}),
-                "server": {"tcp": {"plain": {"max_connections": 1}}}}  # fmt: skip
+                "server": {"tcp": {"plain": {"max_connections": 1}}}}
     )
     time.sleep(1.1)
     a = RawClient.connected((HOST, ports["tcp"]), "only", version=V5)

@@ -22,7 +22,7 @@ from tests.protocol.rawmqtt import (
     publish,
     subscribe,
 )
-from tests.transport.conftest import HOST, wait_until
+from tests.transport.conftest import HOST
 from tests.transport.wsmqtt import WSMQTT
 
 pytestmark = pytest.mark.timeout(60)
@@ -255,7 +255,7 @@ def test_custom_path(mqtt_broker):
 def test_origin_validation(mqtt_broker):
     _, ports = mqtt_broker(
         {"ws": {"allowed_origins": ["https://app.example.com", "http://localhost:3000",
-                                    "*.example.org"]}}  # fmt: skip
+                                    "*.example.org"]}}
     )
     port = ports["ws"]
     assert _status(port, origin="https://app.example.com") == 101
