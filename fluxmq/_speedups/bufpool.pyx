@@ -143,6 +143,8 @@ cdef class WriteBuffer:
 
     cdef int put_varint(self, unsigned long v) except -1:
         cdef unsigned char b
+        if v > 268435455:
+            raise ValueError(f"a variable byte integer is at most 268435455, not {v}")
         if self.length + 4 > self.capacity:
             self.reserve(4)
         while True:
@@ -180,13 +182,19 @@ cdef class WriteBuffer:
         cdef Py_ssize_t n
         if type(b) is str:
             s = PyUnicode_AsUTF8AndSize(b, &n)
+            if n > 65535:
+                raise ValueError(f"an MQTT string is at most 65535 bytes, not {n}")
             self.put_u16(<unsigned int>n)
             return self.put(s, n)
         if type(b) is bytes:
+            if len(<bytes>b) > 65535:
+                raise ValueError(f"MQTT binary data is at most 65535 bytes, not {len(b)}")
             self.put_u16(<unsigned int>len(<bytes>b))
             return self.put(<const char*>(<bytes>b), len(<bytes>b))
         PyObject_GetBuffer(b, &view, PyBUF_SIMPLE)
         try:
+            if view.len > 65535:
+                raise ValueError(f"MQTT binary data is at most 65535 bytes, not {view.len}")
             self.put_u16(<unsigned int>view.len)
             self.put(<const char*>view.buf, view.len)
         finally:

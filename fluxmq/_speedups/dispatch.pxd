@@ -41,6 +41,7 @@ cdef class Route:
 cdef class Dispatcher:
     cdef TopicTrie trie
     cdef dict _cache
+    cdef Py_ssize_t _cache_bytes
     cdef dict _groups                     # (group, filter) -> SharedGroup
     cdef public object on_retain          # callable(Message) for retained publishes
     cdef public Counters counters

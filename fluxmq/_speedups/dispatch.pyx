@@ -17,6 +17,9 @@ from fluxmq._speedups.trie cimport TopicTrie
 
 import time
 
+cdef enum:
+    CACHE_MAX_BYTES = 16777216   # topic characters the route cache may hold
+
 
 cdef class Counters:
     """Broker-wide traffic counters ($SYS, metrics)."""
@@ -44,7 +47,8 @@ cdef class SharedGroup:
 
     cdef Subscription pick(self, int qos, Session avoid):
         """The next connected member (round robin); for QoS>0 with none connected, the next
-        member at all, whose session queues it. None when nobody can take it."""
+        member whose session queues it (granted QoS > 0: a QoS 0 delivery to an offline member
+        would be dropped). None when nobody can take it."""
         cdef Py_ssize_t n = len(self.members)
         cdef Py_ssize_t k, i
         cdef Subscription s
@@ -61,7 +65,7 @@ cdef class SharedGroup:
         for k in range(n):
             i = (self._next + k) % n
             s = <Subscription>self.members[i]
-            if s.session is not avoid:
+            if s.session is not avoid and s.qos > 0:
                 self._next = i + 1
                 return s
         return None
@@ -121,6 +125,7 @@ cdef class Dispatcher:
         cdef Subscription old
         cdef Py_ssize_t i
         self._cache.clear()
+        self._cache_bytes = 0
         if sub.share_group is None:
             return 1 if self.trie.insert(sub.topic_filter, sub.session.client_id, sub) else 0
         key = (sub.share_group, sub.topic_filter)
@@ -143,6 +148,7 @@ cdef class Dispatcher:
         cdef Subscription s
         cdef Py_ssize_t i
         self._cache.clear()
+        self._cache_bytes = 0
         if share_group is None:
             s = self.trie.get(topic_filter, session.client_id)
             if s is None or s.session is not session:
@@ -204,9 +210,13 @@ cdef class Dispatcher:
                 r.targets.append(t)
             else:
                 _merge(t, sub)
-        if len(self._cache) >= self.cache_max:
+        if not r.targets and not r.groups:
+            return r            # nothing to cache: a miss costs as little as a hit would
+        if len(self._cache) >= self.cache_max or self._cache_bytes > CACHE_MAX_BYTES:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[topic] = r
+        self._cache_bytes += len(topic)
         return r
 
     cpdef int publish(self, Message msg) except -1:
@@ -262,7 +272,7 @@ cdef class Dispatcher:
         if sub is None:
             return 0
         qos = msg.qos if msg.qos < sub.qos else sub.qos
-        return sub.session.deliver(msg, qos, False,
+        return sub.session.deliver(msg, qos, msg.retain and sub.retain_as_published,
                                    None if sub.identifier is None else [sub.identifier], g)
 
     def redeliver_shared(self, Session gone, list entries) -> int:

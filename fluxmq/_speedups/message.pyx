@@ -94,7 +94,9 @@ cdef class Message:
         left = self.expires_at - now
         if left <= 0:
             return 0
-        return <long>ceil(left)
+        left = ceil(left)
+        # The interval is a four-byte integer: rounding up must not carry past its maximum.
+        return 4294967295 if left > 4294967295.0 else <long>left
 
     cpdef bint expired(self, double now):
         return self.expires_at != 0.0 and now >= self.expires_at

@@ -847,12 +847,6 @@ def test_message_expiry_arithmetic() -> None:
     assert not m.expired(999.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="message.Message.remaining_expiry rounds a float wall-clock deadline up: right after "
-    "a PUBLISH with Message Expiry Interval 4294967295 is decoded it can return 4294967296, which "
-    "the codec then writes as a u32 0 (the decoded Properties and forwarded PUBLISH say 0)",
-)
 def test_remaining_expiry_never_exceeds_the_received_interval() -> None:
     """3.3.2.3.3: the interval sent on is the received one minus the time waited: never more,
     and never past the Four Byte Integer range. Deterministic: t is chosen so that

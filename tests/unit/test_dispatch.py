@@ -426,13 +426,6 @@ def test_take_shared_and_redeliver_with_nobody_else_online() -> None:
     assert all(e.group is taken[0].group for e in back)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatch.SharedGroup.pick chooses an offline member by the message's QoS, not the "
-    "QoS it would be delivered at: a member subscribed at QoS 0 is picked for a QoS 1 message, "
-    "the delivery becomes QoS 0 for an offline session and is dropped, although another member "
-    "could have queued it (pick's docstring: 'the next member at all, whose session queues it')",
-)
 def test_shared_group_offline_member_that_cannot_queue_is_skipped() -> None:
     """With every member offline, a QoS 1 message must go to a member whose session can queue
     it (one subscribed at QoS >= 1), not be lost on a QoS 0 member."""
