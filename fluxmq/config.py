@@ -693,9 +693,7 @@ _CIPHERS_DOC = (
     "or OpenSSL name (`ECDHE-RSA-AES128-GCM-SHA256`); empty = OpenSSL's defaults. TLS 1.3 "
     "suites are always on and cannot be listed."
 )
-_PREFER_DOC = (
-    "Choose the cipher suite by the order of `cipher_suites` rather than the client's."
-)
+_PREFER_DOC = "Choose the cipher suite by the order of `cipher_suites` rather than the client's."
 _IDENTITY_DOC = (
     "Use the client certificate's identity (subject CN, else its first SAN) as the username "
     "given to authentication and authorisation; a client without a certificate is refused "
@@ -823,7 +821,8 @@ class WSConfig(Section):
 
     plain: WSListenerConfig = subsection(WSListenerConfig, "Plain MQTT over WebSocket (ws://).")
     tls: WSTLSListenerConfig = subsection(
-        WSTLSListenerConfig, "MQTT over WebSocket with TLS (wss://); off unless `addr` is set.",
+        WSTLSListenerConfig,
+        "MQTT over WebSocket with TLS (wss://); off unless `addr` is set.",
         addr="",
     )
     mtls: WSTLSListenerConfig = subsection(
@@ -875,7 +874,8 @@ class HTTPConfig(Section):
 
     plain: HTTPListenerConfig = subsection(HTTPListenerConfig, "Plain HTTP bridge.")
     tls: HTTPTLSListenerConfig = subsection(
-        HTTPTLSListenerConfig, "HTTP bridge over TLS (https://); off unless `addr` is set.",
+        HTTPTLSListenerConfig,
+        "HTTP bridge over TLS (https://); off unless `addr` is set.",
         addr="",
     )
     mtls: HTTPTLSListenerConfig = subsection(
@@ -899,7 +899,7 @@ class ServerConfig(Section):
     health_addr: str = setting(
         Addr(),
         ":8081",
-        "Listen address of the health endpoints; \"\" disables them (as does "
+        'Listen address of the health endpoints; "" disables them (as does '
         "`health_enabled: false`).",
     )
 

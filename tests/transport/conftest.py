@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokerproc import BrokerProc, free_port, wait_port
+from tests.brokerproc import free_port, wait_port
 
 HOST = "127.0.0.1"
 
@@ -133,8 +133,9 @@ LISTENER_PATHS = {
 }
 
 
-def start_broker(broker_factory, listeners: dict[str, dict] | None = None, config=None,
-                 health: bool = False):
+def start_broker(
+    broker_factory, listeners: dict[str, dict] | None = None, config=None, health: bool = False
+):
     """Start a broker with plain TCP plus `listeners` ({"ws": {...settings}, "tcp_tls": {...}})
     on free ports; returns (BrokerProc, ports) with ports["tcp"], ports["ws"], ..."""
     from tests.brokerproc import deep_merge
@@ -196,7 +197,9 @@ class Mosquitto:
                 break
             if "received SUBACK" in line:
                 return p
-        raise AssertionError(f"mosquitto_sub did not subscribe: {p.stderr.read() if p.poll() is not None else ''}")
+        raise AssertionError(
+            f"mosquitto_sub did not subscribe: {p.stderr.read() if p.poll() is not None else ''}"
+        )
 
     @staticmethod
     def payloads(p: subprocess.Popen, timeout: float = 10.0) -> list[str]:
@@ -220,16 +223,6 @@ def mosquitto() -> Mosquitto:
     m = Mosquitto()
     yield m
     m.close()
-
-
-def wait_subscribed(broker: BrokerProc, client_id: str, timeout: float = 5.0) -> None:
-    """Wait until a client's SUBSCRIBE has been handled (a retained probe would change state;
-    the broker's debug log is enough: the test broker logs at debug)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client_id in broker.logs():
-            return
-        time.sleep(0.05)
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:

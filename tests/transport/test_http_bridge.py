@@ -224,7 +224,7 @@ def test_keep_alive_and_pipelining(bridge, mosquitto):
         # a request split into tiny pieces still works
         raw = _request('{"topic": "pipe/4", "payload": "4"}', close=True)
         for i in range(0, len(raw), 7):
-            s.sendall(raw[i:i + 7])
+            s.sendall(raw[i : i + 7])
         assert _read_responses(s, 1)[0][0] == 200
         assert s.recv(10) == b""  # Connection: close honoured
     assert mosquitto.payloads(sub) == ["1", "2", "3", "4"]

@@ -100,9 +100,7 @@ def test_connection_rate_is_off_unless_the_master_switch_is_on(mqtt_broker):
 
 
 def test_connection_rate_can_be_turned_off_alone(mqtt_broker):
-    _, ports = mqtt_broker(
-        config=_limits(connection={"enabled": False, "rate": 0.01, "burst": 1})
-    )
+    _, ports = mqtt_broker(config=_limits(connection={"enabled": False, "rate": 0.01, "burst": 1}))
     for i in range(3):
         RawClient.connected((HOST, ports["tcp"]), f"off1-{i}", version=V5).close()
 
@@ -247,8 +245,10 @@ def test_ip_limiter_releases_state_of_addresses_that_went_away():
 def test_tcp_rate_refusal_leaves_nothing_behind(mqtt_broker):
     """Refused connections do not count against max_connections."""
     _, ports = mqtt_broker(
-        config={**_limits(connection={"rate": 1, "burst": 1}),
-                "server": {"tcp": {"plain": {"max_connections": 1}}}}
+        config={
+            **_limits(connection={"rate": 1, "burst": 1}),
+            "server": {"tcp": {"plain": {"max_connections": 1}}},
+        }
     )
     time.sleep(1.1)
     a = RawClient.connected((HOST, ports["tcp"]), "only", version=V5)

@@ -165,7 +165,9 @@ def test_cipher_suites_are_honoured(mqtt_broker, certs):
                              prefer_server_cipher_suites=True)
     })  # fmt: skip
     port = ports["tcp_tls"]
-    refused = s_client(port, "-CAfile", certs.ca, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384")
+    refused = s_client(
+        port, "-CAfile", certs.ca, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"
+    )
     assert refused.returncode != 0
     ok = s_client(port, "-CAfile", certs.ca, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256")
     assert ok.returncode == 0, ok.stderr
@@ -185,7 +187,10 @@ def test_https_bridge_with_curl(mqtt_broker, certs, mosquitto):
         )  # fmt: skip
 
     assert curl(ports["http_tls"]).stdout == "200"
-    assert curl(ports["http_mtls"], "--cert", certs.client[0], "--key", certs.client[1]).stdout == "200"
+    assert (
+        curl(ports["http_mtls"], "--cert", certs.client[0], "--key", certs.client[1]).stdout
+        == "200"
+    )
     assert curl(ports["http_mtls"]).returncode != 0  # no client certificate
     assert curl(ports["http_mtls"], "--cert", certs.rogue_client[0],
                 "--key", certs.rogue_client[1]).returncode != 0  # fmt: skip
@@ -288,8 +293,21 @@ def test_tls_config_errors_exit_2_naming_the_key(tmp_path, certs, make, path, ke
 
 def test_check_config_reports_tls_errors(tmp_path, certs):
     f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump({"server": {"tcp": {"tls": {
-        "addr": ":8883", "cert_file": certs.server[0], "key_file": certs.server_b[1]}}}}))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "server": {
+                    "tcp": {
+                        "tls": {
+                            "addr": ":8883",
+                            "cert_file": certs.server[0],
+                            "key_file": certs.server_b[1],
+                        }
+                    }
+                }
+            }
+        )
+    )
     r = subprocess.run([sys.executable, "-m", "fluxmq", "check-config", str(f)],
                        capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     assert r.returncode == 2

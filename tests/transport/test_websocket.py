@@ -254,8 +254,15 @@ def test_custom_path(mqtt_broker):
 
 def test_origin_validation(mqtt_broker):
     _, ports = mqtt_broker(
-        {"ws": {"allowed_origins": ["https://app.example.com", "http://localhost:3000",
-                                    "*.example.org"]}}
+        {
+            "ws": {
+                "allowed_origins": [
+                    "https://app.example.com",
+                    "http://localhost:3000",
+                    "*.example.org",
+                ]
+            }
+        }
     )
     port = ports["ws"]
     assert _status(port, origin="https://app.example.com") == 101
