@@ -183,6 +183,13 @@ class FluxMQ(Broker):
             "    plain:\n"
             f'      addr: "127.0.0.1:{self.port}"\n'
             "      max_connections: 0\n"
+            "  websocket:\n"
+            "    plain:\n"
+            '      addr: ""\n'
+            "  http:\n"
+            "    plain:\n"
+            '      addr: ""\n'
+            '  health_addr: ""\n'
             "log:\n"
             "  level: warning\n"
             "storage:\n"

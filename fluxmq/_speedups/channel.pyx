@@ -48,7 +48,7 @@ def now() -> float:
 
 cdef class Limits:
     def __init__(self, int max_qos=2, int max_topic_alias=10, int receive_maximum=1024,
-                 Py_ssize_t max_packet_size=1048576, Py_ssize_t max_pending_bytes=16777216):
+                 Py_ssize_t max_packet_size=1048576, Py_ssize_t max_pending_bytes=1048576):
         self.max_qos = max_qos
         self.max_topic_alias = max_topic_alias
         self.receive_maximum = receive_maximum
