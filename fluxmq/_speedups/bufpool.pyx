@@ -233,6 +233,9 @@ cdef class OutBuffer(WriteBuffer):
         cdef bytes chunk
         self.dirty = False
         if self.length == 0 or self.paused:
+            if self.close_when_drained and self.held == 0 and self.length == 0 \
+                    and self.transport is not None:
+                self.transport.close()
             return 0
         if self.closed or self.transport is None:
             self.release()
@@ -242,6 +245,8 @@ cdef class OutBuffer(WriteBuffer):
         # Keep nothing while idle: storage goes back to the pool until the next packet.
         self.release()
         self.transport.write(chunk)
+        if self.close_when_drained and self.held == 0:
+            self.transport.close()
         return 0
 
     cpdef bytes take_held(self):
@@ -265,17 +270,24 @@ cdef class OutBuffer(WriteBuffer):
         return 0
 
     cpdef int close(self) except -1:
-        """Write what is pending, then close the transport (after held output, if any)."""
+        """Close the transport once what is pending (and any held output) is written.
+
+        Always at the end of the loop turn, through the flusher: what this connection was told
+        in this turn may depend on the turn's storage commit, and must not overtake it."""
         if self.transport is None:
             return 0
-        if self.held:
-            self.close_when_drained = True
-            self.mark()
-            return 0
+        self.close_when_drained = True
         self.paused = False
-        self.flush()
-        self.transport.close()
+        if self.length == 0 and self.held == 0 and not self.dirty:
+            self.transport.close()
+            return 0
+        self.mark()
         return 0
+
+    def write(self, data) -> None:
+        """Queue bytes for the end of this loop turn (Python protocols: the HTTP bridge)."""
+        self.put_bytes(data)
+        self.mark()
 
     def detach_transport(self):
         """The connection is gone: drop pending output and the transport."""

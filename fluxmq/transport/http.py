@@ -20,6 +20,8 @@ import httptools
 import orjson
 from uvloop.loop import SSLProtocol
 
+from fluxmq._speedups.bufpool import Flusher, OutBuffer
+
 log = logging.getLogger("fluxmq.transport")
 
 MAX_HEAD = 65536
@@ -117,11 +119,15 @@ class HTTPProtocol(asyncio.Protocol):
         self.closing = False
         self.timer = None
         self.in_request = False
+        self.ob: OutBuffer | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # Output goes through the broker's flusher like MQTT output: written at the end of the
+        # loop turn, after durable storage committed what the turn's requests published.
+        self.ob = OutBuffer(transport, self.listener.flusher) if self.listener.flusher else None
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
         self.listener.conns.add(self)
@@ -147,6 +153,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
+        if self.ob is not None:
+            self.ob.detach_transport()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -236,9 +244,15 @@ class HTTPProtocol(asyncio.Protocol):
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out = []
             if not transport.is_closing():
-                transport.write(data)
+                if self.ob is not None:
+                    self.ob.write(data)
+                else:
+                    transport.write(data)
         if self.closing and not transport.is_closing():
-            transport.close()
+            if self.ob is not None:
+                self.ob.close()
+            else:
+                transport.close()
 
     def _arm(self) -> None:
         """(Re)start the read timer: a request must complete, or an idle connection send a
@@ -269,8 +283,10 @@ class HTTPListener:
         read_timeout: float = 30.0,
         max_body: int = 1 << 20,
         tls=None,
+        flusher: Flusher | None = None,
     ) -> None:
         self.name = name
+        self.flusher = flusher
         self.host = host
         self.port = port
         self.handler = handler

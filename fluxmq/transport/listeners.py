@@ -98,6 +98,7 @@ def build_listeners(cfg: Config, broker, flusher: Flusher) -> list:
                 section.read_timeout,
                 bridge.max_body,
                 tls,
+                flusher,
             )
         )
     return listeners
