@@ -284,6 +284,13 @@ cdef class OutBuffer(WriteBuffer):
         self.mark()
         return 0
 
+    def abort(self) -> None:
+        """Drop the connection at once, unwritten output and all (its acknowledgements
+        depended on a storage commit that failed)."""
+        self.release()
+        if self.transport is not None:
+            self.transport.abort()
+
     def write(self, data) -> None:
         """Queue bytes for the end of this loop turn (Python protocols: the HTTP bridge)."""
         self.put_bytes(data)

@@ -245,7 +245,7 @@ cdef class Session:
         del self.inflight[packet_id]
         if self.store is not None:
             self.store.acked(self, packet_id, e)
-        if self.queue:
+        if self.queue or self.spilled:
             self.pump()
         return 1
 
@@ -258,7 +258,7 @@ cdef class Session:
             del self.inflight[packet_id]
             if self.store is not None:
                 self.store.acked(self, packet_id, e)
-            if self.queue:
+            if self.queue or self.spilled:
                 self.pump()
             return 1
         e.state = 2
@@ -276,7 +276,7 @@ cdef class Session:
         del self.inflight[packet_id]
         if self.store is not None:
             self.store.acked(self, packet_id, e)
-        if self.queue:
+        if self.queue or self.spilled:
             self.pump()
         return 1
 
@@ -291,6 +291,7 @@ cdef class Session:
         for pid, e in list(self.inflight.items()):
             if self.outlet is None:
                 break
+            e.sent_at = time.monotonic()   # the retry clock restarts with this re-send
             if e.state == 2:
                 outlet.send_pubrel(pid)
             elif not outlet.send_publish(e.msg, e.qos, pid, True, e.retain, e.sub_ids):
@@ -298,8 +299,6 @@ cdef class Session:
                 self.dropped += 1
                 if self.store is not None:
                     self.store.acked(self, pid, e)
-            else:
-                e.sent_at = time.monotonic()
         self.pump()
         return 0
 

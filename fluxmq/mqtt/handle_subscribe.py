@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fluxmq._speedups import codec
+from fluxmq._speedups.channel import storage_full
 from fluxmq._speedups.session import Subscription
 from fluxmq.mqtt import reason_codes as rc
 
@@ -18,7 +19,7 @@ def split_shared(topic_filter: str) -> tuple[str | None, str]:
 _WHY = {
     rc.TOPIC_FILTER_INVALID: "invalid topic filter",
     rc.NOT_AUTHORIZED: "not authorized",
-    rc.QUOTA_EXCEEDED: "subscribe rate exceeded",
+    rc.QUOTA_EXCEEDED: "quota exceeded (subscribe rate, or storage full)",
 }
 
 
@@ -50,6 +51,9 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
         group, inner = split_shared(topic_filter)
         if group is not None and req.no_local:
             raise codec.ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
+        if session.store is not None and storage_full():
+            codes.append(rc.QUOTA_EXCEEDED if v5 else 0x80)  # cannot be stored right now
+            continue
         if not broker.hooks.authorize_subscribe(conn.client_id, conn.username, topic_filter):
             codes.append(rc.NOT_AUTHORIZED if v5 else 0x80)
             continue
