@@ -133,18 +133,25 @@ class Mosquitto(Broker):
         port: int | None = None,
         tcp_nodelay: bool = False,
         max_inflight: int = 100,
+        persistence: bool = False,
     ) -> None:
         super().__init__(workdir, port, tcp_nodelay)
         self.max_inflight = max_inflight
+        self.persistence = persistence
 
     def command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
+        persistence = (
+            ["persistence true", f"persistence_location {self.workdir}/"]
+            if self.persistence
+            else ["persistence false"]
+        )
         conf.write_text(
             "\n".join(
                 [
                     f"listener {self.port} 127.0.0.1",
                     "allow_anonymous true",
-                    "persistence false",
+                    *persistence,
                     "max_queued_messages 1000000",
                     f"max_inflight_messages {self.max_inflight}",
                     "max_connections -1",
@@ -171,9 +178,15 @@ class FluxMQ(Broker):
         port: int | None = None,
         tcp_nodelay: bool = False,
         max_inflight: int = 100,
+        storage: str = "memory",
+        fsync: str = "interval",
+        max_queue: int = 1000,
     ) -> None:
         super().__init__(workdir, port, tcp_nodelay)
         self.max_inflight = max_inflight
+        self.storage = storage  # memory | lmdb
+        self.fsync = fsync
+        self.max_queue = max_queue  # session.max_offline_queue_size
 
     def command(self) -> list[str]:
         cfg = self.workdir / "fluxmq.yaml"
@@ -193,7 +206,11 @@ class FluxMQ(Broker):
             "log:\n"
             "  level: warning\n"
             "storage:\n"
-            "  type: memory\n"
+            f"  type: {self.storage}\n"
+            f'  path: "{self.workdir / "data"}"\n'
+            f"  fsync: {self.fsync}\n"
+            "session:\n"
+            f"  max_offline_queue_size: {self.max_queue}\n"
             "broker:\n"
             f"  max_inflight: {self.max_inflight}\n"
         )

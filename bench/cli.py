@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--host", default="127.0.0.1")
     rl.add_argument("--port", type=int, default=1883)
     rl.add_argument("-d", "--duration", type=float, default=60.0)
+    per = subs.add_parser("persist", help="persistent QoS 1: Mosquitto vs FluxMQ storage modes")
+    from bench import persist
+
+    persist.add_arguments(per)
     cmp = subs.add_parser("compare", help="Mosquitto vs FluxMQ, side by side")
     from bench import compare
 
@@ -207,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.cmd == "persist":
+        from bench import persist
+
+        return persist.main(a)
     if a.cmd == "compare":
         from bench import compare
 

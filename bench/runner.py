@@ -68,6 +68,7 @@ class RunPlan:
     broker_pid: int | None = None
     quiet: bool = False
     label: str = ""
+    run_tag: str = ""  # client ids' tag; "" = a new one per run (a fixed one resumes sessions)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,7 +98,7 @@ def build_tasks(plan: RunPlan) -> list[WorkerTask]:
     nworkers = sum(r[2] for r in roles)
     if not nworkers:
         raise RunError("nothing to run: no publishers, subscribers or connections")
-    tag = f"{os.getpid() % 100000}x{int(time.time() * 1000) % 1000000}"
+    tag = plan.run_tag or f"{os.getpid() % 100000}x{int(time.time() * 1000) % 1000000}"
     per_rate = plan.conn_rate / nworkers if plan.conn_rate else 0.0
     per_window = max(1, plan.conn_window // nworkers)
     self_cap = plan.connect_timeout + min(plan.duration, plan.cap) + plan.drain_max + 15

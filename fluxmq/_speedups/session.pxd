@@ -30,6 +30,7 @@ cdef class Inflight:
     cdef public double sent_at
     cdef public object group              # the SharedGroup it was chosen through, or None
     cdef public object key                # durable storage's key for it, or None
+    cdef public object stored             # durable storage's encoded record of it, or None
 
 
 cdef class Session:
@@ -57,7 +58,7 @@ cdef class Session:
                      object group) except -1
     cdef int _enqueue(self, Inflight e) except -1
     cdef int _drop_oldest(self) except -1
-    cdef int _send(self, Inflight e, bint dup) except -1
+    cdef int _send(self, Inflight e, bint dup, bint queued=*) except -1
     cdef int _alloc_pid(self) except -1
     cdef int _release_blocked(self) except -1
     cpdef int add_rel(self, int packet_id) except -1

@@ -187,16 +187,22 @@ cdef class Session:
         self.next_pid = pid + 1 if pid < 65535 else 1
         return pid
 
-    cdef int _send(self, Inflight e, bint dup) except -1:
+    cdef int _send(self, Inflight e, bint dup, bint queued=False) except -1:
+        """Send e with a new packet id; `queued`: it comes from the queue (storage moves it)."""
         cdef int pid = self._alloc_pid()
         if not self.outlet.send_publish(e.msg, e.qos, pid, dup, e.retain, e.sub_ids):
             self.dropped += 1
+            if queued and self.store is not None:
+                self.store.unqueued(self, e)
             return 0
         e.state = 1
         e.sent_at = time.monotonic()
         self.inflight[pid] = e
         if self.store is not None:
-            self.store.inflight(self, pid, e)
+            if queued:
+                self.store.moved(self, pid, e)
+            else:
+                self.store.inflight(self, pid, e)
         return 1
 
     cpdef int pump(self) except -1:
@@ -207,14 +213,14 @@ cdef class Session:
             if not self.queue and not self._refill():
                 break
             e = <Inflight>self.queue.popleft()
-            if self.store is not None:
-                self.store.unqueued(self, e)
             if e.msg.expires_at != 0.0:
                 if now == 0.0:
                     now = time.time()
                 if e.msg.expired(now):
+                    if self.store is not None:
+                        self.store.unqueued(self, e)
                     continue
-            self._send(e, False)
+            self._send(e, False, True)
         if self.blocked is not None and len(self.queue) <= self.high_water // 2:
             self._release_blocked()
         return 0

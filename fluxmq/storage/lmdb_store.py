@@ -91,6 +91,7 @@ class LMDBStore:
         self.flusher = None  # set by attach(); requests an end-of-turn commit
         self.loop: asyncio.AbstractEventLoop | None = None
         self.full = False
+        self._kept = 0  # changes of a failed commit that wait for the retry (while full)
         self.on_full: Callable[[bool], None] | None = None
         self._writer: _Writer | None = None
         self._sync_task: asyncio.Task | None = None
@@ -204,6 +205,7 @@ class LMDBStore:
         try:
             return self._load(make_session)
         except (lmdb.Error, R.RecordError) as e:
+            self._take_ops()  # a start that fails writes nothing (e.g. orphan bodies stay)
             raise StorageError(f"storage.path {self.path}: damaged database: {e}") from None
 
     def _load(self, make_session) -> Loaded:
@@ -260,6 +262,7 @@ class LMDBStore:
                 if n < 1000:  # the rest stays on disk (spilled) until the queue drains
                     e, msg_id = R.decode_entry(val, body)
                     e.key = bytes(key)
+                    e.stored = bytes(val)
                     ls.session.restore_queued(e)
                 else:
                     e, msg_id = R.decode_entry(val, lambda _i: None)
@@ -322,12 +325,29 @@ class LMDBStore:
     def queued(self, session: Session, e: Inflight) -> None:
         e.key = R.seq_key(session.client_id, self._next_seq)
         self._next_seq += 1
-        self._put(QUEUE, e.key, self._entry(e))
+        e.stored = self._entry(e)
+        self._put(QUEUE, e.key, e.stored)
+
+    def moved(self, session: Session, packet_id: int, e: Inflight) -> None:
+        """A queued entry was sent: the same record, now in flight under its packet id (the
+        message keeps its reference; only the state byte changes)."""
+        if e.key is not None:
+            self._delete(QUEUE, e.key)
+        raw = e.stored
+        e.stored = None
+        e.key = R.pid_key(session.client_id, packet_id)
+        if raw is None:  # same references as before: the shared body (if any) stays counted once
+            msg = e.msg
+            raw = R.encode_entry(e, msg.store_id if msg is not None else 0)
+            self._put(INFLIGHT, e.key, raw)
+        else:
+            self._put(INFLIGHT, e.key, raw[:1] + b"\x01" + raw[2:])
 
     def unqueued(self, session: Session, e: Inflight) -> None:
         if e.key is not None:
             self._delete(QUEUE, e.key)
             e.key = None
+        e.stored = None
         self._unref(e.msg)
 
     def inflight(self, session: Session, packet_id: int, e: Inflight) -> None:
@@ -371,6 +391,7 @@ class LMDBStore:
                         break
                     e, _ = R.decode_entry(val, body)
                     e.key = bytes(key)
+                    e.stored = bytes(val)
                     out.append(e)
         return out
 
@@ -421,6 +442,10 @@ class LMDBStore:
 
     # -- committing ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _no_ops() -> list[dict[bytes, bytes | None]]:
+        return [{} for _ in _NAMES]
+
     def _take_ops(self) -> list[dict[bytes, bytes | None]]:
         ops = self._ops
         self._ops = [{} for _ in _NAMES]
@@ -433,11 +458,16 @@ class LMDBStore:
             try:
                 with self.env.begin(write=True) as txn:
                     for db, changes in zip(self.dbs, ops, strict=True):
+                        if not changes:
+                            continue
+                        puts = []
                         for k, v in changes.items():
                             if v is None:
                                 txn.delete(k, db=db)
                             else:
-                                txn.put(k, v, db=db)
+                                puts.append((k, v))
+                        if puts:
+                            txn.cursor(db).putmulti(puts)
                 self.commits += 1
                 return
             except lmdb.MapFullError:
@@ -461,13 +491,17 @@ class LMDBStore:
     def end_turn(self, dirty: list) -> list:
         """The flusher's barrier: commit this turn's changes; return the buffers that may be
         written now (with `always`, their output waits for the commit instead)."""
+        # While the disk is full, the changes of the failed commit wait for the retry timer: a
+        # turn that changed nothing more does not depend on them, and its output (QoS 0,
+        # non-persistent sessions, refusals) goes out instead of failing with them.
+        waiting = self.full and self._nops <= self._kept
         if self._writer is not None:
-            if not self._nops and not self._writer.holding:
+            if (waiting or not self._nops) and not self._writer.holding:
                 return dirty
             held = [(b, b.take_held()) for b in dirty]
-            self._writer.submit(self._take_ops(), held)
+            self._writer.submit(self._no_ops() if waiting else self._take_ops(), held)
             return []
-        if self._nops:
+        if self._nops and not waiting:
             ops = self._take_ops()
             try:
                 self.apply(ops)
@@ -477,8 +511,7 @@ class LMDBStore:
             except lmdb.Error as e:
                 self._failed(ops, e)
                 for b in dirty:  # their acknowledgements may not go out
-                    if b.transport is not None:
-                        b.transport.abort()
+                    b.abort()
                 return []
         return dirty
 
@@ -488,10 +521,9 @@ class LMDBStore:
             self._failed(ops, error)
             for b, _data in held:
                 b.held -= 1
-                if b.transport is not None:
-                    b.transport.abort()
+                b.abort()
             return
-        if self.full:
+        if self.full and any(ops):
             self._set_full(False)
         for b, data in held:
             b.write_held(data)
@@ -501,7 +533,7 @@ class LMDBStore:
         for mine, theirs in zip(self._ops, ops, strict=True):
             for k, v in theirs.items():
                 mine.setdefault(k, v)
-        self._nops = sum(len(o) for o in self._ops)
+        self._nops = self._kept = sum(len(o) for o in self._ops)
         now = time.monotonic()
         if now - self._last_full_log > 10:
             self._last_full_log = now
@@ -513,15 +545,27 @@ class LMDBStore:
                 self.loop.call_later(_RETRY_FULL, self._retry)
 
     def _retry(self) -> None:
+        """Every _RETRY_FULL seconds while full: commit the kept changes, with no output
+        waiting for the result (the acknowledgements that did were not sent)."""
         if not self.full:
             return
-        if self._nops and self.flusher is not None:
-            self.flusher.request()
+        if self._nops:
+            if self._writer is not None:
+                self._writer.submit(self._take_ops(), [])
+            else:
+                ops = self._take_ops()
+                try:
+                    self.apply(ops)
+                    self._dirty_since_sync = True
+                    self._set_full(False)
+                except lmdb.Error as e:
+                    self._failed(ops, e)
         self.loop.call_later(_RETRY_FULL, self._retry)
 
     def _set_full(self, full: bool) -> None:
         self.full = full
         if not full:
+            self._kept = 0
             log.warning("storage writable again", extra={"path": str(self.path)})
         if self.on_full is not None:
             self.on_full(full)
