@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procstats, report
 from bench import mqttwire as w
+from bench import procstats, report
 from bench.brokers import Broker, BrokerStartError, FluxMQ, Mosquitto
 from bench.client import ConnOptions
 from bench.pub import PubSpec
@@ -40,14 +40,16 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("Mosquitto, persistence true",
-            lambda d, n: Mosquitto(d, persistence=True)),
-    Variant("FluxMQ, lmdb fsync always",
-            lambda d, n: FluxMQ(d, storage="lmdb", fsync="always", max_queue=n + 1000)),
-    Variant("FluxMQ, lmdb fsync interval",
-            lambda d, n: FluxMQ(d, storage="lmdb", fsync="interval", max_queue=n + 1000)),
-    Variant("FluxMQ, memory",
-            lambda d, n: FluxMQ(d, storage="memory", max_queue=n + 1000)),
+    Variant("Mosquitto, persistence true", lambda d, n: Mosquitto(d, persistence=True)),
+    Variant(
+        "FluxMQ, lmdb fsync always",
+        lambda d, n: FluxMQ(d, storage="lmdb", fsync="always", max_queue=n + 1000),
+    ),
+    Variant(
+        "FluxMQ, lmdb fsync interval",
+        lambda d, n: FluxMQ(d, storage="lmdb", fsync="interval", max_queue=n + 1000),
+    ),
+    Variant("FluxMQ, memory", lambda d, n: FluxMQ(d, storage="memory", max_queue=n + 1000)),
 ]
 
 
@@ -69,21 +71,45 @@ def _log(msg: str) -> None:
 
 def one_run(broker: Broker, n: int, tag: str) -> tuple[float, float, bool]:
     """Subscribe persistently, go offline, publish n QoS 1 messages, drain them."""
-    sub_opts = ConnOptions(host="127.0.0.1", port=broker.port, version=w.V311, clean=False,
-                           prefix="persist")
+    sub_opts = ConnOptions(
+        host="127.0.0.1", port=broker.port, version=w.V311, clean=False, prefix="persist"
+    )
     pub_opts = ConnOptions(host="127.0.0.1", port=broker.port, version=w.V311, prefix="ppub")
     # 1. The persistent session and its subscription exist; the client leaves.
-    run(RunPlan(opts=sub_opts, sub=SubSpec(count=1, topic="persist/#", qos=1), duration=0.3,
-                run_tag=tag, quiet=True, broker_pid=broker.pid))
+    run(
+        RunPlan(
+            opts=sub_opts,
+            sub=SubSpec(count=1, topic="persist/#", qos=1),
+            duration=0.3,
+            run_tag=tag,
+            quiet=True,
+            broker_pid=broker.pid,
+        )
+    )
     # 2. Publish n QoS 1 messages for the offline session.
-    p = run(RunPlan(opts=pub_opts, pub=PubSpec(count=4, topic="persist/%i", qos=1, size=16,
-                                               limit=n, inflight=100),
-                    duration=55.0, pub_procs=2, quiet=True, broker_pid=broker.pid))
+    p = run(
+        RunPlan(
+            opts=pub_opts,
+            pub=PubSpec(count=4, topic="persist/%i", qos=1, size=16, limit=n, inflight=100),
+            duration=55.0,
+            pub_procs=2,
+            quiet=True,
+            broker_pid=broker.pid,
+        )
+    )
     publish_rate = p["sent"] / p["window_s"] if p["window_s"] else 0.0
     # 3. Come back and drain.
     t0 = time.monotonic()
-    d = run(RunPlan(opts=sub_opts, sub=SubSpec(count=1, topic="persist/#", qos=1, limit=n),
-                    duration=55.0, run_tag=tag, quiet=True, broker_pid=broker.pid))
+    d = run(
+        RunPlan(
+            opts=sub_opts,
+            sub=SubSpec(count=1, topic="persist/#", qos=1, limit=n),
+            duration=55.0,
+            run_tag=tag,
+            quiet=True,
+            broker_pid=broker.pid,
+        )
+    )
     drain_s = time.monotonic() - t0
     received = d["received"]
     return publish_rate, received / drain_s if drain_s else 0.0, received >= n
@@ -96,15 +122,18 @@ def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[R
         for rep in range(reps):
             broker: Broker | None = None
             try:
-                broker = v.make(workdir / f"{v.label.split(',')[0].lower()}-{len(results)}-{rep}",
-                                n).start()
+                broker = v.make(
+                    workdir / f"{v.label.split(',')[0].lower()}-{len(results)}-{rep}", n
+                ).start()
                 time.sleep(0.3)
                 pub, drain, ok = one_run(broker, n, f"r{rep}")
                 r.publish.append(pub)
                 r.drain.append(drain)
                 r.complete.append(ok)
-                _log(f"  {v.label:30} rep {rep + 1}/{reps}: publish {report.fmt_num(pub)} msg/s, "
-                     f"drain {report.fmt_num(drain)} msg/s, all {n:,} delivered: {ok}")
+                _log(
+                    f"  {v.label:30} rep {rep + 1}/{reps}: publish {report.fmt_num(pub)} msg/s, "
+                    f"drain {report.fmt_num(drain)} msg/s, all {n:,} delivered: {ok}"
+                )
                 if not ok:
                     r.failure = "not every acknowledged message was delivered"
             except (BrokerStartError, RunError, OSError) as e:
@@ -121,8 +150,15 @@ def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[R
 def table(results: list[Result], n: int) -> str:
     base = next((r for r in results if r.label.startswith("Mosquitto")), None)
     mem = next((r for r in results if r.label.endswith("memory")), None)
-    headers = ["broker / storage", "publish msg/s", "ratio vs Mosquitto", "drain msg/s",
-               "ratio vs Mosquitto", "vs FluxMQ memory (publish)", "all delivered"]
+    headers = [
+        "broker / storage",
+        "publish msg/s",
+        "ratio vs Mosquitto",
+        "drain msg/s",
+        "ratio vs Mosquitto",
+        "vs FluxMQ memory (publish)",
+        "all delivered",
+    ]
     rows = []
     for r in results:
         pub, drain = r.median(r.publish), r.median(r.drain)
@@ -132,21 +168,27 @@ def table(results: list[Result], n: int) -> str:
         if mem is not None and r is not mem and r.label.startswith("FluxMQ") and pub is not None:
             mp = mem.median(mem.publish)
             vs_mem = f"{100 * (pub / mp - 1):+.0f} %" if mp else "-"
-        rows.append([
-            r.label,
-            report.fmt_num(pub) if pub is not None else "FAILED",
-            "-" if rb is None else f"{rb:.2f}x",
-            report.fmt_num(drain) if drain is not None else "FAILED",
-            "-" if rd is None else f"{rd:.2f}x",
-            vs_mem,
-            ("yes" if all(r.complete) else "NO") if r.complete else (r.failure or "-"),
-        ])
-    return (f"persistent QoS 1: {n:,} messages from 4 publishers to one offline persistent "
-            f"subscriber, then drained (median of runs)\n\n" + report.table(headers, rows, True))
+        rows.append(
+            [
+                r.label,
+                report.fmt_num(pub) if pub is not None else "FAILED",
+                "-" if rb is None else f"{rb:.2f}x",
+                report.fmt_num(drain) if drain is not None else "FAILED",
+                "-" if rd is None else f"{rd:.2f}x",
+                vs_mem,
+                ("yes" if all(r.complete) else "NO") if r.complete else (r.failure or "-"),
+            ]
+        )
+    return (
+        f"persistent QoS 1: {n:,} messages from 4 publishers to one offline persistent "
+        f"subscriber, then drained (median of runs)\n\n" + report.table(headers, rows, True)
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--messages", type=int, default=None, help="messages per run (200000; quick 20000)")
+    p.add_argument(
+        "--messages", type=int, default=None, help="messages per run (200000; quick 20000)"
+    )
     p.add_argument("--reps", type=int, default=None, help="runs per broker (3; quick 1)")
     p.add_argument("--quick", action="store_true", help="smaller and fewer runs")
     p.add_argument("--markdown", default=None, help="write the table (Markdown) here")
