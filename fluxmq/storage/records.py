@@ -127,6 +127,8 @@ def decode_message(data: bytes) -> Message:
         if version != 1 or qos > 2:
             raise RecordError(f"message record of version {version}, QoS {qos}")
         pos = _MSG.size
+        if pos + tlen + plen > len(data):
+            raise RecordError(f"message record of {len(data)} bytes, topic {tlen}, props {plen}")
         topic = bytes(data[pos : pos + tlen]).decode()
         pos += tlen
         props = orjson.loads(data[pos : pos + plen]) if plen else {}
@@ -145,7 +147,8 @@ def decode_message(data: bytes) -> Message:
             origin=props.get("o"),
             timestamp=timestamp,
         )
-    except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError, ValueError, KeyError) as e:
+    except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError, ValueError, KeyError,
+            TypeError, AttributeError) as e:  # the last two: properties of the wrong shape
         raise RecordError(f"damaged message record: {e}") from None
     return msg
 
@@ -174,6 +177,8 @@ def decode_entry(data: bytes, bodies) -> tuple[Inflight, int]:
         pos += 4 * nids
     except struct.error as e:
         raise RecordError(f"damaged queue entry: {e}") from None
+    if qos not in (1, 2) or state > 2:
+        raise RecordError(f"queue entry of QoS {qos}, state {state}")
     if flags & E_INLINE:
         msg = decode_message(data[pos:]) if pos < len(data) else None
     else:
@@ -227,6 +232,8 @@ def decode_subscription(session: Session, full_filter: str, data: bytes) -> Subs
         qos, no_local, rap, rh, ident = _SUB.unpack(data)
     except struct.error as e:
         raise RecordError(f"damaged subscription record: {e}") from None
+    if qos > 2 or rh > 2:
+        raise RecordError(f"subscription record of QoS {qos}, retain handling {rh}")
     group = None
     topic_filter = full_filter
     if full_filter.startswith("$share/"):
