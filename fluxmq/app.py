@@ -186,22 +186,24 @@ class Node:
 
 async def serve(cfg: Config) -> int:
     node = Node(cfg)
+    # Signals are taken over before anything starts, so that a SIGTERM during start-up still
+    # shuts down gracefully (it is acted on as soon as the start completes).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
     except StartupError as exc:
         log.error("%s", exc)
         await node.stop()
         return 1
+    loop.add_signal_handler(signal.SIGHUP, node.reload)
     # Objects made at start-up live for ever: keep the collector away from them, and collect
     # young objects less often (the hot path allocates little that forms cycles).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20000, 50, 100)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, node.reload)
     await stop.wait()
     log.info("shutting down")
     await node.stop()

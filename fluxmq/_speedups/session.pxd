@@ -10,6 +10,11 @@ cdef class Outlet:
     cdef int send_pubrel(self, int packet_id) except -1
 
 
+cdef class CallbackOutlet(Outlet):
+    cdef public object on_publish         # (msg, qos, packet_id, dup, retain, sub_ids) -> bool
+    cdef public object on_pubrel          # (packet_id) -> None, or None
+
+
 cdef class Subscription:
     cdef public str topic_filter          # without any $share/<group>/ prefix
     cdef public str share_group           # None unless a shared subscription

@@ -49,6 +49,26 @@ cdef class Outlet:
         raise TypeError(f"{type(self).__name__} is an abstract Outlet")
 
 
+cdef class CallbackOutlet(Outlet):
+    """An Outlet for doors that are not MQTT connections (the CoAP bridge's observers, ...):
+    each delivery calls `on_publish(msg, qos, packet_id, dup, retain, sub_ids)`, which returns
+    True if the message was taken; the door acknowledges QoS 1/2 deliveries with
+    `Session.on_puback(packet_id)` (or on_pubrec/on_pubcomp)."""
+
+    def __init__(self, on_publish, on_pubrel=None):
+        self.on_publish = on_publish
+        self.on_pubrel = on_pubrel
+
+    cdef int send_publish(self, Message msg, int qos, int packet_id, bint dup, bint retain,
+                          object sub_ids) except -1:
+        return 1 if self.on_publish(msg, qos, packet_id, dup, retain, sub_ids) else 0
+
+    cdef int send_pubrel(self, int packet_id) except -1:
+        if self.on_pubrel is not None:
+            self.on_pubrel(packet_id)
+        return 0
+
+
 cdef class Subscription:
     """One subscription of one session, with its options."""
 
