@@ -45,6 +45,7 @@ cdef class ChannelCore(Outlet):
     cdef public int client_alias_max       # the client's Topic Alias Maximum
     cdef public bint problem_info          # the client wants reason strings
     cdef public object authz               # publish authoriser hook: (channel, msg) -> reason
+    cdef public set authz_ok               # topics authz allowed (cleared when the ACL changes)
     cdef public int close_reason           # why it ended (MQTT 5 reason code; 0 = normal)
     cdef public bint will_wanted           # publish the will when the connection ends
     cdef public TokenBucket msg_limit      # ratelimit.message: PUBLISH packets (None = off)

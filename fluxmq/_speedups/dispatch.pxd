@@ -13,6 +13,23 @@ cdef class Counters:
     cdef public unsigned long long publish_dropped
     cdef public unsigned long long bytes_received
     cdef public unsigned long long bytes_sent
+    # Drops by reason (publish_dropped counts them all, and other refusals).
+    cdef public unsigned long long dropped_rate_limited
+    cdef public unsigned long long dropped_not_authorized
+    cdef public unsigned long long dropped_slow           # QoS 0 to a client not reading
+    cdef public unsigned long long dropped_too_large      # over the client's Maximum Packet Size
+    # PUBLISH packets and their bytes by QoS, received and sent.
+    cdef unsigned long long pub_in[3]
+    cdef unsigned long long pub_in_bytes[3]
+    cdef unsigned long long pub_out[3]
+    cdef unsigned long long pub_out_bytes[3]
+    # Publish-to-deliver latency (sampled): bucket counts, sum and count.
+    cdef unsigned long long lat_buckets[18]
+    cdef public double lat_sum
+    cdef public unsigned long long lat_count
+    cdef unsigned int lat_tick
+
+    cdef void observe_latency(self, double seconds) noexcept
 
 
 cdef class SharedGroup:
@@ -46,6 +63,9 @@ cdef class Dispatcher:
     cdef public object on_retain          # callable(Message) for retained publishes
     cdef public Counters counters
     cdef public Py_ssize_t cache_max
+    cdef public object read_check         # None, or (Session, topic) -> bool: may it receive it
+    cdef public object on_publish         # None, or (Message) -> None: every routed publish
+    cdef public object on_deliver         # None, or (Session, Message, qos) -> None
 
     cpdef int subscribe(self, Subscription sub) except -1
     cpdef object unsubscribe(self, Session session, str topic_filter, str share_group=*)

@@ -21,8 +21,41 @@ cdef enum:
     CACHE_MAX_BYTES = 16777216   # topic characters the route cache may hold
 
 
+# Upper bounds (seconds) of the latency histogram's buckets; the last one is +Inf.
+LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                   0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+cdef double[17] _LAT_BOUNDS = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                               0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+
+
 cdef class Counters:
     """Broker-wide traffic counters ($SYS, metrics)."""
+
+    cdef void observe_latency(self, double seconds) noexcept:
+        cdef int i = 0
+        while i < 17 and seconds > _LAT_BOUNDS[i]:
+            i += 1
+        self.lat_buckets[i] += 1
+        self.lat_sum += seconds
+        self.lat_count += 1
+
+    def observe(self, double seconds):
+        """Record one publish-to-deliver latency (doors other than the MQTT channel)."""
+        self.observe_latency(seconds)
+
+    def latency(self) -> tuple:
+        """(bucket counts (not cumulative; the last is above every bound), sum, count)."""
+        return [self.lat_buckets[i] for i in range(18)], self.lat_sum, self.lat_count
+
+    def by_qos(self) -> dict:
+        """PUBLISH packets and bytes by QoS: {"received": [n0, n1, n2], "received_bytes": ...,
+        "sent": ..., "sent_bytes": ...}."""
+        return {
+            "received": [self.pub_in[i] for i in range(3)],
+            "received_bytes": [self.pub_in_bytes[i] for i in range(3)],
+            "sent": [self.pub_out[i] for i in range(3)],
+            "sent_bytes": [self.pub_out_bytes[i] for i in range(3)],
+        }
 
     def as_dict(self) -> dict:
         return {
@@ -33,6 +66,10 @@ cdef class Counters:
             "publish_dropped": self.publish_dropped,
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
+            "dropped_rate_limited": self.dropped_rate_limited,
+            "dropped_not_authorized": self.dropped_not_authorized,
+            "dropped_slow": self.dropped_slow,
+            "dropped_too_large": self.dropped_too_large,
         }
 
 
@@ -203,6 +240,8 @@ cdef class Dispatcher:
                 r.groups.append(v)
                 continue
             sub = <Subscription>v
+            if self.read_check is not None and not self.read_check(sub.session, topic):
+                continue        # the ACL lets this client not read the topic
             t = by_client.get(sub.session.client_id)
             if t is None:
                 t = _target(sub)
@@ -229,6 +268,8 @@ cdef class Dispatcher:
             self.on_retain(msg)
         if msg.expires_at != 0.0 and msg.expired(time.time()):
             return 0
+        if self.on_publish is not None:
+            self.on_publish(msg)
         r = self.route(msg.topic)
         n = len(r.targets)
         msg.fanout = n + len(r.groups)
@@ -264,16 +305,32 @@ cdef class Dispatcher:
                 return 0
         if msg.qos < qos:
             qos = msg.qos
-        return t.session.deliver(msg, qos, msg.retain and rap, sub_ids, None)
+        if self.on_deliver is None:
+            return t.session.deliver(msg, qos, msg.retain and rap, sub_ids, None)
+        if t.session.deliver(msg, qos, msg.retain and rap, sub_ids, None):
+            self.on_deliver(t.session, msg, qos)
+            return 1
+        return 0
 
     cdef int _deliver_group(self, SharedGroup g, Message msg, Session avoid) except -1:
         cdef Subscription sub = g.pick(msg.qos, avoid)
         cdef int qos
+        cdef Py_ssize_t tries
+        if self.read_check is not None:
+            # Only a member allowed to read the topic may get it.
+            tries = len(g.members)
+            while sub is not None and not self.read_check(sub.session, msg.topic):
+                tries -= 1
+                sub = g.pick(msg.qos, avoid) if tries > 0 else None
         if sub is None:
             return 0
         qos = msg.qos if msg.qos < sub.qos else sub.qos
-        return sub.session.deliver(msg, qos, msg.retain and sub.retain_as_published,
-                                   None if sub.identifier is None else [sub.identifier], g)
+        if not sub.session.deliver(msg, qos, msg.retain and sub.retain_as_published,
+                                   None if sub.identifier is None else [sub.identifier], g):
+            return 0
+        if self.on_deliver is not None:
+            self.on_deliver(sub.session, msg, qos)
+        return 1
 
     def redeliver_shared(self, Session gone, list entries) -> int:
         """Give a departed member's shared-subscription messages to other members."""
@@ -293,4 +350,15 @@ cdef class Dispatcher:
 
     def publish_to(self, Session session, Message msg, int qos, bint retain, object sub_ids):
         """Deliver one message to one session (retained messages on subscribe, wills...)."""
-        return session.deliver(msg, qos, retain, sub_ids, None)
+        if self.read_check is not None and not self.read_check(session, msg.topic):
+            return 0
+        if not session.deliver(msg, qos, retain, sub_ids, None):
+            return 0
+        if self.on_deliver is not None:
+            self.on_deliver(session, msg, qos)
+        return 1
+
+    def clear_cache(self):
+        """Forget every cached route (the ACL changed: readers must be checked again)."""
+        self._cache.clear()
+        self._cache_bytes = 0
