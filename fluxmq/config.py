@@ -886,6 +886,113 @@ class HTTPConfig(Section):
     )
 
 
+_BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockSize(Int):
+    """A CoAP block size: a power of two from 16 to 1024."""
+
+    def parse(self, value: Any) -> int:
+        size = Int.parse(self, value)
+        if size not in _BLOCK_SIZES:
+            raise _Invalid(f"expected one of {', '.join(map(str, _BLOCK_SIZES))}, got {size}")
+        return size
+
+    def describe(self) -> str:
+        return "integer, one of " + ", ".join(map(str, _BLOCK_SIZES))
+
+
+@section
+class CoAPListenerConfig(Section):
+    """A CoAP bridge listener (UDP)."""
+
+    addr: str = setting(
+        Addr(),
+        ":5683",
+        'Listen address (UDP) of the CoAP bridge (`/mqtt/publish/...`, `/mqtt/subscribe/...`, '
+        '`/health`): "host:port", ":port", "[ipv6]:port", or "" to disable it.',
+    )
+    block_size: int = setting(
+        _BlockSize(16, 1024),
+        1024,
+        "Largest block of a block-wise transfer (RFC 7959) both ways: a response or "
+        "notification with a larger payload is sent in blocks of this size; a client's larger "
+        "blocks are asked to shrink to it.",
+    )
+    ack_timeout: float = setting(
+        Duration(min=0.01, max=60),
+        "2s",
+        "CoAP ACK_TIMEOUT: a confirmable notification not acknowledged in this time (times a "
+        "random factor from 1 to 1.5, doubled on each retry) is sent again.",
+    )
+    max_retransmit: int = setting(
+        Int(0, 10),
+        4,
+        "CoAP MAX_RETRANSMIT: a confirmable notification still unacknowledged after this many "
+        "retransmissions ends the observation.",
+    )
+    max_peers: int = setting(
+        Int(min=1),
+        10000,
+        "Most client endpoints (address and port; on DTLS, sessions) the listener keeps state "
+        "for; a new one over the limit is refused (5.03, or its DTLS handshake is dropped).",
+    )
+    idle_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "300s",
+        "A client endpoint silent for this long is forgotten (its DTLS session ends), unless "
+        "it observes a resource; then its next notification is confirmable, to check that it "
+        "is still there.",
+    )
+
+
+@section
+class CoAPDTLSListenerConfig(CoAPListenerConfig):
+    """A CoAP bridge listener over DTLS 1.2 (coaps://) with X.509 certificates."""
+
+    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
+    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
+    ca_file: str = setting(
+        Str("path", allow_empty=True),
+        "",
+        "PEM file with the certificate authorities that client certificates are checked "
+        "against. Required for `mdtls` (a certificate is then required); on `dtls` a client "
+        "certificate is then asked for and verified if sent.",
+    )
+    cipher_suites: tuple[str, ...] = setting(
+        _CIPHERS,
+        [],
+        "DTLS 1.2 cipher suites offered, by IANA name (`TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`) "
+        "or OpenSSL name; empty = OpenSSL's defaults.",
+    )
+
+    def check(self, key: str) -> None:
+        if not self.addr:
+            return
+        from fluxmq.transport.dtls import check_listener
+
+        check_listener(self, key)
+
+
+@section
+class CoAPConfig(Section):
+    """The CoAP bridge."""
+
+    plain: CoAPListenerConfig = subsection(CoAPListenerConfig, "Plain CoAP over UDP (coap://).")
+    dtls: CoAPDTLSListenerConfig = subsection(
+        CoAPDTLSListenerConfig,
+        "CoAP over DTLS 1.2 (coaps://, conventionally port 5684); off unless `addr` is set.",
+        addr="",
+    )
+    mdtls: CoAPDTLSListenerConfig = subsection(
+        CoAPDTLSListenerConfig,
+        "CoAP over DTLS 1.2 with client certificates verified against `ca_file`; off unless "
+        "`addr` is set.",
+        addr="",
+    )
+
+
 @section
 class ServerConfig(Section):
     """Network listeners."""
@@ -893,6 +1000,7 @@ class ServerConfig(Section):
     tcp: TCPConfig = subsection(TCPConfig, "MQTT over TCP listeners.")
     websocket: WSConfig = subsection(WSConfig, "MQTT over WebSocket listeners.")
     http: HTTPConfig = subsection(HTTPConfig, "HTTP bridge listeners.")
+    coap: CoAPConfig = subsection(CoAPConfig, "CoAP bridge listeners (UDP, DTLS, mutual DTLS).")
     health_enabled: bool = setting(
         Bool(), True, "Serve the health endpoints (`/health`, `/ready`, `/cluster/status`)."
     )

@@ -21,6 +21,9 @@ case "${1:-test}" in
     want curl curl
     want chromium chromium
     want npm npm
+    # tests/coap: libcoap's clients (plain UDP and DTLS with OpenSSL)
+    want coap-client-notls libcoap3-bin
+    want coap-client-openssl libcoap3-bin
     js="$(cd "$(dirname "$0")/.." && pwd)/tests/transport/js"
     # MQTT.js into tests/transport/js/node_modules, on exit: after the packages above are in.
     trap 'rc=$?; [ $rc -eq 0 ] || exit $rc; [ -f "$js/node_modules/mqtt/dist/mqtt.min.js" ] || npm ci --prefix "$js" --no-audit --no-fund --loglevel=error || exit 1' EXIT

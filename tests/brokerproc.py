@@ -67,6 +67,7 @@ class BrokerProc:
                 # unless a test turns them on with ports of its own.
                 "websocket": {"plain": {"addr": ""}},
                 "http": {"plain": {"addr": ""}},
+                "coap": {"plain": {"addr": ""}},
                 "health_addr": "",
             },
             "log": {"level": "debug"},

@@ -52,6 +52,10 @@ _TLS = {
 _LIMITS = {"max_connections": 10000, "read_timeout": "60s", "write_timeout": "60s"}
 _WS = {"path": "/mqtt", "allowed_origins": [], **_LIMITS}
 
+_COAP = {"block_size": 1024, "ack_timeout": "2s", "max_retransmit": 4, "max_peers": 10000,
+         "idle_timeout": "300s"}  # fmt: skip
+_DTLS = {"cert_file": "", "key_file": "", "ca_file": "", "cipher_suites": []}
+
 EXPECTED_DEFAULTS = {
     "server": {
         "tcp": {
@@ -68,6 +72,11 @@ EXPECTED_DEFAULTS = {
             "plain": {"addr": ":8080", "read_timeout": "30s"},
             "tls": {"addr": "", "read_timeout": "30s", **_TLS},
             "mtls": {"addr": "", "read_timeout": "30s", **_TLS},
+        },
+        "coap": {
+            "plain": {"addr": ":5683", **_COAP},
+            "dtls": {"addr": "", **_COAP, **_DTLS},
+            "mdtls": {"addr": "", **_COAP, **_DTLS},
         },
         "health_enabled": True,
         "health_addr": ":8081",
@@ -454,7 +463,7 @@ def test_unknown_key_deep_inside_a_valid_section(tmp_path):
 
 
 def test_no_parsed_but_ignored_keys_of_later_features(tmp_path):
-    for text in ("server: {coap: {}}", "webhook: {}", "queues: []", "auth: {}"):
+    for text in ("webhook: {}", "queues: []", "auth: {}"):
         assert str(error_of(tmp_path, text + "\n")).startswith("unknown key ")
 
 
@@ -847,6 +856,10 @@ def test_section_info_is_listed_for_every_section():
         "server.http.plain",
         "server.http.tls",
         "server.http.mtls",
+        "server.coap",
+        "server.coap.plain",
+        "server.coap.dtls",
+        "server.coap.mdtls",
         "broker",
         "session",
         "log",

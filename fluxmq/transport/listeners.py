@@ -1,7 +1,7 @@
 """Every listener the configuration asks for, built in one place.
 
 MQTT: `server.tcp.{plain,tls,mtls}` and `server.websocket.{plain,tls,mtls}`; the HTTP bridge:
-`server.http.{plain,tls,mtls}`; the health endpoints: `server.health_addr` (`build_health`).
+`server.http.{plain,tls,mtls}`; the CoAP bridge: `server.coap.{plain,dtls,mdtls}`; the health endpoints: `server.health_addr` (`build_health`).
 A listener is on when its `addr` is not empty.
 """
 
@@ -101,7 +101,33 @@ def build_listeners(cfg: Config, broker, flusher: Flusher) -> list:
                 flusher,
             )
         )
+    listeners += build_coap(cfg, broker, flusher)
     return listeners
+
+
+def build_coap(cfg: Config, broker, flusher: Flusher) -> list:
+    """The CoAP bridge listeners: `server.coap.{plain,dtls,mdtls}`."""
+    from fluxmq.transport.coap import CoAPListener
+    from fluxmq.transport.coap_bridge import Bridge as CoAPBridge
+    from fluxmq.transport.dtls import DTLS
+    from fluxmq.transport.limits import IPLimiter
+
+    rl = cfg.ratelimit
+    out = []
+    for mode in ("plain", "dtls", "mdtls"):
+        section = getattr(cfg.server.coap, mode)
+        addr = parse_addr(section.addr)
+        if addr is None:
+            continue
+        name = _name("coap", mode)
+        limiter = None
+        if rl.enabled and rl.message.enabled:
+            limiter = IPLimiter(rl.message.rate, rl.message.burst, rl.connection.cleanup_interval)
+        bridge = CoAPBridge(broker, cfg.broker.max_message_size, cfg.broker.max_qos, limiter,
+                            name, mode == "mdtls")  # fmt: skip
+        dtls = DTLS(section, f"server.coap.{mode}") if mode != "plain" else None
+        out.append(CoAPListener(name, addr[0], addr[1], bridge, section, flusher, dtls))
+    return out
 
 
 def build_health(cfg: Config, node) -> HTTPListener | None:
