@@ -17,9 +17,14 @@ from fluxmq._speedups.channel import set_storage_full
 from fluxmq._speedups.session import Session
 from fluxmq.broker.broker import Broker, SessionSettings
 from fluxmq.broker.sys import SysTopics
-from fluxmq.config import Config, ConfigError
+from fluxmq.config import Config, ConfigError, parse_addr
 from fluxmq.mqtt.keepalive import Timeouts
+from fluxmq.ops.admin_api import AdminAPI
+from fluxmq.ops.metrics import LoopLag, Metrics
+from fluxmq.ops.webhooks import Webhooks
+from fluxmq.security.policy import SecurityConfig, SecurityHooks, bound_hosts, security_warnings
 from fluxmq.storage import StorageError, open_store
+from fluxmq.transport.http import HTTPListener
 from fluxmq.transport.listeners import build_health, build_listeners
 
 log = logging.getLogger("fluxmq")
@@ -34,8 +39,18 @@ class StartupError(Exception):
 class Node:
     """Everything one broker process runs."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(
+        self, cfg: Config, config_path: str | None = None, overrides: dict | None = None
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # re-read on reload
+        self.overrides = overrides
+        self.hooks: SecurityHooks | None = None
+        self.webhooks: Webhooks | None = None
+        self.metrics = Metrics(self)
+        self.loop_lag: LoopLag | None = None
+        self.api: HTTPListener | None = None  # the admin API (server.api.addr)
+        self.warnings: list[str] = []
         self.broker: Broker | None = None
         self.listeners: list = []
         self.timeouts: Timeouts | None = None
@@ -60,6 +75,11 @@ class Node:
             self.store = open_store(cfg)
         except StorageError as exc:
             raise StartupError(str(exc)) from None
+        try:
+            sec = SecurityConfig.from_config(cfg, bound_hosts(cfg))
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.hooks = SecurityHooks(sec, node_id=cfg.cluster.node_id)
         s = cfg.session
         self.broker = Broker(
             loop,
@@ -71,8 +91,13 @@ class Node:
                 max_expiry_interval=s.max_expiry_interval,
             ),
             max_retained=cfg.broker.max_retained_messages,
+            hooks=self.hooks,
             store=self.store,
         )
+        self.apply_security(sec)
+        self.set_webhooks(Webhooks(cfg.webhook, cfg.cluster.node_id))
+        self.loop_lag = LoopLag()
+        self.loop_lag.start()
         flusher = Flusher(loop)
         if self.store is not None:
             try:
@@ -105,6 +130,17 @@ class Node:
                     f"cannot listen on {listener.host or '*'}:{listener.port} "
                     f"({listener.name}): {exc.strerror or exc}"
                 ) from exc
+        api = cfg.server.api
+        if api.addr:
+            host, port = parse_addr(api.addr)
+            self.api = HTTPListener("api", host, port, AdminAPI(self), read_timeout=10.0,
+                                    max_body=65536)
+            try:
+                await self.api.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {host or '*'}:{port} (admin API): {exc.strerror or exc}"
+                ) from exc
         self.timeouts = Timeouts(self.listeners)
         self.timeouts.start()
         self.sys = SysTopics(self.broker, cfg.broker.sys_interval)
@@ -118,6 +154,8 @@ class Node:
             "listeners": {listener.name: listener.bound for listener in self.listeners},
             "storage": "open" if self.storage_open and not self.stopping else "not open",
         }
+        if self.warnings:
+            details["warnings"] = list(self.warnings)
         if self.stopping:
             details["state"] = "stopping"
         elif not self.started:
@@ -138,9 +176,41 @@ class Node:
             "listeners": {listener.name: listener.bound for listener in self.listeners},
         }
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the TLS certificates of every TLS listener (new connections get
-        them; established ones stay). A listener whose files are now bad keeps its old ones."""
+    # -- security, webhooks, reload ----------------------------------------------------------------
+
+    def apply_security(self, sec: SecurityConfig) -> None:
+        """Put a snapshot of `auth.*` in force: every client's rules, the channels' publish
+        checks, the dispatcher's read check (routes are recomputed)."""
+        hooks = self.hooks
+        hooks.reconfigure(sec)
+        broker = self.broker
+        d = broker.dispatcher
+        d.read_check = hooks.read_check if hooks.checks_read else None
+        d.clear_cache()
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                if conn.client_id is not None and conn.session is not None:
+                    conn.authz = broker.hooks.publish_hook(conn.client_id)
+                    conn.authz_ok = None
+        self.warnings = security_warnings(self.cfg, sec)
+        for w in self.warnings:
+            log.warning("SECURITY WARNING: %s", w)
+
+    def set_webhooks(self, webhooks: Webhooks) -> None:
+        self.webhooks = webhooks
+        self.hooks.events = webhooks
+        webhooks.install(self.broker)
+        webhooks.start()
+
+    def reload(self) -> tuple[bool, str]:
+        """SIGHUP or `POST /api/v1/reload`: see fluxmq.ops.reload."""
+        from fluxmq.ops.reload import reload
+
+        return reload(self)
+
+    def reload_tls(self) -> None:
+        """Re-read the TLS certificates of every TLS listener (new connections get them;
+        established ones stay). A listener whose files are now bad keeps its old ones."""
         for listener in self.listeners:
             tls = getattr(listener, "tls", None)
             if tls is None:
@@ -156,6 +226,8 @@ class Node:
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, publish wills, disconnect everyone, exit."""
         self.stopping = True
+        if self.api is not None:
+            self.api.close()
         for listener in self.listeners:
             listener.close()
         if self.sys is not None:
@@ -178,14 +250,20 @@ class Node:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        if self.loop_lag is not None:
+            await self.loop_lag.stop()
+        if self.api is not None:
+            await self.api.wait_closed()
         if self.health is not None:
             self.health.close()
             await self.health.wait_closed()
         log.info("FluxMQ stopped")
 
 
-async def serve(cfg: Config) -> int:
-    node = Node(cfg)
+async def serve(cfg: Config, config_path: str | None = None, overrides: dict | None = None) -> int:
+    node = Node(cfg, config_path, overrides)
     # Signals are taken over before anything starts, so that a SIGTERM during start-up still
     # shuts down gracefully (it is acted on as soon as the start completes).
     stop = asyncio.Event()
@@ -210,8 +288,9 @@ async def serve(cfg: Config) -> int:
     return 0
 
 
-def run(cfg: Config) -> int:
-    """Run a node until SIGINT/SIGTERM; returns the process exit code."""
+def run(cfg: Config, config_path: str | None = None, overrides: dict | None = None) -> int:
+    """Run a node until SIGINT/SIGTERM; returns the process exit code. SIGHUP re-reads
+    `config_path` (with `overrides`)."""
     import uvloop
 
-    return uvloop.run(serve(cfg))
+    return uvloop.run(serve(cfg, config_path, overrides))

@@ -71,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("fluxmq: serve is not available in this build (no fluxmq.app)", file=sys.stderr)
         return 1
     try:
-        return run(cfg)
+        return run(cfg, args.config, overrides)
     except KeyboardInterrupt:
         return 130
 

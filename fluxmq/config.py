@@ -433,6 +433,181 @@ class Bool(Kind):
         return "boolean"
 
 
+class FrozenMap(Mapping[str, Any]):
+    """An immutable, hashable mapping (a setting value that is a mapping)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._d = dict(data or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._d.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._d) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._d!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AutoBool(Kind):
+    """`true`, `false` or `auto` (a YAML boolean, or the word `auto`)."""
+
+    def parse(self, value: Any) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        raise _Invalid(f"expected true, false or auto, got {_show(value)}")
+
+    def describe(self) -> str:
+        return "`true`, `false` or `auto`"
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str) -> str:
+    """`text` with each `${NAME}` replaced by the environment variable NAME; raises ValueError
+    naming a variable that is not set."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise ValueError(f"environment variable {m.group(1)} is not set")
+        return value
+
+    return _ENV_REF.sub(sub, text)
+
+
+@dataclass(frozen=True, slots=True)
+class StrMap(Kind):
+    """A mapping of strings to strings (HTTP headers...); `${NAME}` in a value is replaced by
+    the environment variable NAME when the configuration is loaded."""
+
+    what: str = "name: value strings"
+
+    def parse(self, value: Any) -> Mapping[str, str]:
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a mapping of {self.what}, got {_show(value)}")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not k:
+                raise _Invalid(f"expected non-empty string names, got {_show(k)}")
+            if not isinstance(v, str):
+                raise _Invalid(f"{k}: expected a string, got {_show(v)}")
+            try:
+                out[k] = expand_env(v)
+            except ValueError as e:
+                raise _Invalid(f"{k}: {e}") from None
+        return FrozenMap(out)
+
+    def dump(self, value: Mapping[str, str]) -> dict[str, str]:
+        return dict(value)
+
+    def describe(self) -> str:
+        return f"mapping of {self.what}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvStr(Kind):
+    """A string in which `${NAME}` is replaced by the environment variable NAME."""
+
+    what: str = "string"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(f"expected a {self.what}, got {_show(value)}")
+        try:
+            return expand_env(value)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+
+    def describe(self) -> str:
+        return f"{self.what} (`${{ENV}}` expanded)"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionalKind(Kind):
+    """`inner`, or null / absent (None): "use the default from elsewhere"."""
+
+    inner: Kind
+
+    def parse(self, value: Any) -> Any:
+        return None if value is None else self.inner.parse(value)
+
+    def dump(self, value: Any) -> Any:
+        return None if value is None else self.inner.dump(value)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, or null"
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides(Kind):
+    """Some settings of section `cls` (each checked by its own kind), kept as a mapping of only
+    the keys given: they override defaults taken from elsewhere at run time."""
+
+    cls: Any
+
+    def parse(self, value: Any) -> Mapping[str, Any]:
+        if value is None:
+            return FrozenMap()
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a mapping of settings, got {_show(value)}")
+        specs = _field_specs(self.cls)
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            spec = specs.get(k) if isinstance(k, str) else None
+            if not isinstance(spec, _Setting):
+                raise _Invalid(f"unknown key {_show(k)} (valid keys: {', '.join(specs)})")
+            try:
+                out[k] = spec.kind.parse(v)
+            except _Invalid as e:
+                raise _Invalid(f"{k}: {e}") from None
+        return FrozenMap(out)
+
+    def dump(self, value: Mapping[str, Any]) -> dict[str, Any]:
+        specs = _field_specs(self.cls)
+        return {k: specs[k].kind.dump(v) for k, v in value.items()}
+
+    def describe(self) -> str:
+        return "mapping of overrides"
+
+
+@dataclass(frozen=True, slots=True)
+class SectionList(Kind):
+    """A list of mappings, each validated as section `cls` (errors name `key[i].field`)."""
+
+    cls: Any
+    what: str = "items"
+
+    def parse(self, value: Any) -> tuple[Any, ...]:
+        return self.build(value, "")
+
+    def build(self, value: Any, key: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected a list of {self.what}, got {_show(value)}")
+        return tuple(_build(self.cls, item, f"{key}[{i}]", {}) for i, item in enumerate(value))
+
+    def dump(self, value: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [item.to_dict() for item in value]
+
+    def describe(self) -> str:
+        return f"list of {self.what}"
+
+
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 _ADDR_HINT = 'expected "host:port", ":port" (all interfaces), "[ipv6]:port", or "" to disable'
 
@@ -994,6 +1169,28 @@ class CoAPConfig(Section):
 
 
 @section
+class APIConfig(Section):
+    """The admin REST API."""
+
+    addr: str = setting(
+        Addr(),
+        "",
+        'Listen address of the admin API (`/api/v1/...`, see docs/operations.md): "host:port", '
+        '":port", "[ipv6]:port", or "" (the default) to leave it off.',
+    )
+    token: str = setting(
+        EnvStr("string"),
+        "",
+        "Bearer token every request must carry (`Authorization: Bearer <token>`); required when "
+        "`addr` is set. `${NAME}` is replaced by the environment variable NAME.",
+    )
+
+    def check(self, key: str) -> None:
+        if self.addr and not self.token:
+            raise ConfigError(f"{key}.token: required when {key}.addr is set", f"{key}.token")
+
+
+@section
 class ServerConfig(Section):
     """Network listeners."""
 
@@ -1008,8 +1205,9 @@ class ServerConfig(Section):
         Addr(),
         ":8081",
         'Listen address of the health endpoints; "" disables them (as does '
-        "`health_enabled: false`).",
+        "`health_enabled: false`). It also serves `GET /metrics` (Prometheus).",
     )
+    api: APIConfig = subsection(APIConfig, "The admin REST API (off unless `addr` is set).")
 
 
 @section
@@ -1217,6 +1415,218 @@ class RateLimitConfig(Section):
     )
 
 
+
+def _events_problem(name: str) -> str | None:
+    from fluxmq.ops.events import EVENT_TYPES
+
+    if name in EVENT_TYPES:
+        return None
+    return "unknown event (expected one of " + ", ".join(EVENT_TYPES) + ")"
+
+
+def _filter_problem(topic_filter: str) -> str | None:
+    from fluxmq._speedups.codec import valid_topic_filter
+
+    return None if valid_topic_filter(topic_filter) else "not a valid MQTT topic filter"
+
+
+@section
+class HTTPAuthConfig(Section):
+    """The HTTP authentication callout."""
+
+    url: str = setting(
+        Str("URL", allow_empty=True),
+        "",
+        "URL the broker POSTs each connecting client's credentials to (JSON: `client_id`, "
+        "`username`, `password`, `cert_identity`, `cert_sans`, `remote_addr`, `protocol`, "
+        '`listener`); the answer `{"result": "allow"}` (optionally with `"acl": [...]`) lets '
+        'it in, `{"result": "deny"}`, 401 or 403 refuses it. "" = no callout. See '
+        "docs/security.md.",
+    )
+    timeout: float = setting(
+        Duration(min_exclusive=True), "5s", "How long to wait for the callout's answer."
+    )
+    cache_ttl: float = setting(
+        Duration(),
+        "60s",
+        "How long an answer is reused for the same client id, username, password, certificate "
+        "and source IP. 0 = ask every time. Failures are never cached.",
+    )
+    on_error: str = setting(
+        Enum(("deny", "allow")),
+        "deny",
+        "When the callout fails (timeout, connection refused, another status, a body that is "
+        "not understood): `deny` refuses the client (MQTT 5 CONNACK 0x87, 3.1.1 0x05); `allow` "
+        "lets it in with the rules of `auth.acl_file`.",
+    )
+    headers: Any = setting(
+        StrMap(),
+        {},
+        "Extra request headers (e.g. `Authorization`); `${NAME}` is replaced by the "
+        "environment variable NAME.",
+    )
+
+    def check(self, key: str) -> None:
+        if self.url and not re.match(r"https?://[^/\s]+", self.url):
+            raise ConfigError(f"{key}.url: expected an http:// or https:// URL", f"{key}.url")
+
+
+def _check_auth_file(kind: str, path: str, key: str) -> None:
+    if not path:
+        return
+    if kind == "password":
+        from fluxmq.security.passwords import PasswordFile as loader
+    else:
+        from fluxmq.security.acl import ACL as loader  # type: ignore[assignment]
+    try:
+        loader.load(path)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}", key) from None
+
+
+@section
+class AuthConfig(Section):
+    """Authentication and authorisation."""
+
+    allow_anonymous: bool | str = setting(
+        AutoBool(),
+        "auto",
+        "Whether a client without a username may connect. `auto`: yes while every listener "
+        "binds to a loopback address; when one binds to another address, only clients "
+        "connecting from a loopback address (127.0.0.0/8, ::1) may connect without a "
+        "username. `true`: everyone may; `false`: nobody may (MQTT 5 CONNACK 0x87, 3.1.1 "
+        "0x05). See docs/security.md.",
+    )
+    password_file: str = setting(
+        Str("path", allow_empty=True),
+        "",
+        "Mosquitto password file (`user:$7$...` or `user:$6$...` lines, as `mosquitto_passwd` "
+        "or `fluxmq passwd` write them). A client with a username must give its password "
+        '(else MQTT 5 CONNACK 0x86, 3.1.1 0x04). "" = none. Re-read on reload.',
+    )
+    acl_file: str = setting(
+        Str("path", allow_empty=True),
+        "",
+        "Mosquitto ACL file (`user`, `topic`, `pattern` lines). Once set, everything not "
+        'allowed by a rule is denied. "" = everything is allowed. Re-read on reload.',
+    )
+    http: HTTPAuthConfig = subsection(HTTPAuthConfig, "The HTTP authentication callout.")
+
+    def check(self, key: str) -> None:
+        _check_auth_file("password", self.password_file, f"{key}.password_file")
+        _check_auth_file("acl", self.acl_file, f"{key}.acl_file")
+
+
+@section
+class RetryConfig(Section):
+    """Retries of a webhook delivery."""
+
+    max_attempts: int = setting(
+        Int(min=1), 3, "Attempts in all (1 = no retry) before the event is dropped."
+    )
+    initial_interval: float = setting(
+        Duration(min_exclusive=True), "1s", "Wait before the first retry."
+    )
+    max_interval: float = setting(
+        Duration(min_exclusive=True), "30s", "Longest wait between two attempts."
+    )
+    multiplier: float = setting(
+        Float(min=1.0), 2.0, "Each wait is the previous one times this (exponential backoff)."
+    )
+
+
+@section
+class BreakerConfig(Section):
+    """The circuit breaker of a webhook endpoint."""
+
+    failure_threshold: int = setting(
+        Int(min=1),
+        5,
+        "Consecutive failed attempts that open the circuit: events for the endpoint are then "
+        "dropped (and counted) without being sent.",
+    )
+    reset_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "60s",
+        "How long the circuit stays open before one trial request is let through (a success "
+        "closes it).",
+    )
+
+
+@section
+class WebhookDefaults(Section):
+    """Defaults of every endpoint."""
+
+    timeout: float = setting(
+        Duration(min_exclusive=True), "5s", "How long one HTTP request may take."
+    )
+    retry: RetryConfig = subsection(RetryConfig, "Retries with exponential backoff.")
+    circuit_breaker: BreakerConfig = subsection(BreakerConfig, "The circuit breaker.")
+
+
+@section
+class WebhookEndpoint(Section):
+    """One webhook endpoint (an item of `webhook.endpoints`)."""
+
+    name: str = setting(Str("string", allow_empty=True), "", "Name in logs and metrics.")
+    type: str = setting(Enum(("http",)), "http", "Only `http` (HTTP POST of JSON).")
+    url: str = setting(Str("URL", allow_empty=True), "", "The http:// or https:// URL.")
+    events: tuple[str, ...] = setting(
+        StrList("event types", _events_problem), [], "Event types sent; empty = all."
+    )
+    topic_filters: tuple[str, ...] = setting(
+        StrList("topic filters", _filter_problem),
+        [],
+        "For events with a topic: only topics matching one of these; empty = all.",
+    )
+    headers: Any = setting(StrMap(), {}, "Extra headers; `${NAME}` is expanded.")
+    timeout: float | None = setting(
+        OptionalKind(Duration(min_exclusive=True)), None, "Overrides `defaults.timeout`."
+    )
+    retry: Any = setting(Overrides(RetryConfig), {}, "Overrides of `defaults.retry`.")
+    circuit_breaker: Any = setting(
+        Overrides(BreakerConfig), {}, "Overrides of `defaults.circuit_breaker`."
+    )
+
+    def check(self, key: str) -> None:
+        if not re.match(r"https?://[^/\s]+", self.url):
+            raise ConfigError(f"{key}.url: expected an http:// or https:// URL", f"{key}.url")
+
+
+@section
+class WebhookConfig(Section):
+    """Webhooks: broker events POSTed as JSON to HTTP endpoints."""
+
+    enabled: bool = setting(Bool(), False, "Send webhook events to `endpoints`.")
+    queue_size: int = setting(
+        Int(min=100),
+        10000,
+        "Events waiting to be sent, per endpoint; when full, `drop_policy` decides.",
+    )
+    drop_policy: str = setting(
+        Enum(("oldest", "newest")),
+        "oldest",
+        "When an endpoint's queue is full: `oldest` drops the oldest waiting event to make "
+        "room, `newest` drops the new event. Drops are counted "
+        "(`fluxmq_webhook_dropped_total`).",
+    )
+    workers: int = setting(Int(1, 256), 5, "Concurrent requests per endpoint.")
+    include_payload: bool = setting(
+        Bool(), False, "Add the payload (base64, `payload`) to `message.published` events."
+    )
+    shutdown_timeout: float = setting(
+        Duration(), "30s", "At shutdown (or reload), how long queued events may still be sent."
+    )
+    defaults: WebhookDefaults = subsection(WebhookDefaults, "Defaults of every endpoint.")
+    endpoints: tuple[Any, ...] = setting(
+        SectionList(WebhookEndpoint, "endpoints"),
+        [],
+        "The endpoints: each a mapping with `url` (required), `name`, `type` (`http`), "
+        "`events`, `topic_filters`, `headers`, `timeout`, `retry` and `circuit_breaker` "
+        "(overriding `defaults`). See docs/operations.md.",
+    )
+
+
 @section
 class ClusterConfig(Section):
     """This node's place in a cluster."""
@@ -1237,6 +1647,8 @@ class Config(Section):
     storage: StorageConfig = subsection(StorageConfig, "Where durable state is kept.")
     ratelimit: RateLimitConfig = subsection(RateLimitConfig, "Rate limits (off by default).")
     cluster: ClusterConfig = subsection(ClusterConfig, "This node's identity.")
+    auth: AuthConfig = subsection(AuthConfig, "Authentication and authorisation.")
+    webhook: WebhookConfig = subsection(WebhookConfig, "Webhooks (off by default).")
 
 
 # Keys of the original Go broker that have a different name here (old key -> new key).
@@ -1270,6 +1682,9 @@ def _build(cls: type[_S], data: Any, path: str, defaults: Mapping[str, Any]) -> 
             continue
         raw = data[name] if name in data else defaults.get(name, spec.default)
         try:
+            if isinstance(spec.kind, SectionList):
+                values[name] = spec.kind.build(raw, key)
+                continue
             values[name] = spec.kind.parse(raw)
         except _Invalid as e:
             raise ConfigError(f"{key}: {e}", key) from None

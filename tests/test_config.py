@@ -80,6 +80,7 @@ EXPECTED_DEFAULTS = {
         },
         "health_enabled": True,
         "health_addr": ":8081",
+        "api": {"addr": "", "token": ""},
     },
     "broker": {
         "max_message_size": 1048576,
@@ -107,6 +108,31 @@ EXPECTED_DEFAULTS = {
         "subscribe": {"enabled": True, "rate": 100, "burst": 10},
     },
     "cluster": {"node_id": "fluxmq-1"},
+    "auth": {
+        "allow_anonymous": "auto",
+        "password_file": "",
+        "acl_file": "",
+        "http": {"url": "", "timeout": "5s", "cache_ttl": "60s", "on_error": "deny", "headers": {}},
+    },
+    "webhook": {
+        "enabled": False,
+        "queue_size": 10000,
+        "drop_policy": "oldest",
+        "workers": 5,
+        "include_payload": False,
+        "shutdown_timeout": "30s",
+        "defaults": {
+            "timeout": "5s",
+            "retry": {
+                "max_attempts": 3,
+                "initial_interval": "1s",
+                "max_interval": "30s",
+                "multiplier": 2.0,
+            },
+            "circuit_breaker": {"failure_threshold": 5, "reset_timeout": "60s"},
+        },
+        "endpoints": [],
+    },
 }
 
 
@@ -438,9 +464,9 @@ def test_only_the_first_problem_is_reported_in_schema_order(tmp_path):
         ),
         # no close match: list what is valid here
         (
-            "webhook: {enabled: true}",
-            "unknown key webhook (valid keys here: server, broker, session, log, storage, "
-            "ratelimit, cluster)",
+            "queuez: {enabled: true}",
+            "unknown key queuez (valid keys here: server, broker, session, log, storage, "
+            "ratelimit, cluster, auth, webhook)",
         ),
         (
             "log: {colour: true}",
@@ -463,7 +489,7 @@ def test_unknown_key_deep_inside_a_valid_section(tmp_path):
 
 
 def test_no_parsed_but_ignored_keys_of_later_features(tmp_path):
-    for text in ("webhook: {}", "queues: []", "auth: {}"):
+    for text in ("queues: []", "cluster: {etcd: {}}", "server: {amqp: {}}"):
         assert str(error_of(tmp_path, text + "\n")).startswith("unknown key ")
 
 
@@ -551,7 +577,7 @@ def test_top_level_must_be_a_mapping(tmp_path, text, got):
     path = write(tmp_path, text)
     assert str(error_of(tmp_path, text)) == (
         f"{path}: the top level must be a mapping of sections "
-        f"(server, broker, session, log, storage, ratelimit, cluster), got {got}"
+        f"(server, broker, session, log, storage, ratelimit, cluster, auth, webhook), got {got}"
     )
 
 
@@ -780,7 +806,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     out: dict = {}
     for k, v in tree.items():
         key = f"{prefix}.{k}" if prefix else k
-        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
+        out.update(_flatten(v, key) if isinstance(v, dict) and v else {key: v})
     return out
 
 
@@ -860,6 +886,7 @@ def test_section_info_is_listed_for_every_section():
         "server.coap.plain",
         "server.coap.dtls",
         "server.coap.mdtls",
+        "server.api",
         "broker",
         "session",
         "log",
@@ -869,4 +896,10 @@ def test_section_info_is_listed_for_every_section():
         "ratelimit.message",
         "ratelimit.subscribe",
         "cluster",
+        "auth",
+        "auth.http",
+        "webhook",
+        "webhook.defaults",
+        "webhook.defaults.retry",
+        "webhook.defaults.circuit_breaker",
     ]

@@ -240,6 +240,7 @@ class Broker:
         session.subscriptions[sub.full_filter] = sub
         if session.store is not None:
             session.store.sub_added(session, sub)
+        self.hooks.subscription_created(session.client_id, sub)
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str, share_group: str | None) -> bool:
@@ -247,6 +248,8 @@ class Broker:
         full = topic_filter if share_group is None else f"$share/{share_group}/{topic_filter}"
         if session.subscriptions.pop(full, None) is not None and session.store is not None:
             session.store.sub_removed(session, full)
+        if removed is not None:
+            self.hooks.subscription_removed(session.client_id, full)
         return removed is not None
 
     def send_retained(self, session: Session, sub: Subscription) -> int:

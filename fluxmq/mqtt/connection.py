@@ -67,8 +67,8 @@ class Connection(ChannelCore):
         self.listener.closed(self)
         if self.session is not None:
             self.broker.disconnect(self, self.session, self.will_wanted)
-            self.broker.hooks.client_disconnected(self.client_id, self.close_reason)
-            log.debug(
+            self.broker.hooks.client_disconnected(self.client_id, self.close_reason, self.remote)
+            log.info(
                 "client disconnected",
                 extra={"client_id": self.client_id, "remote": self.remote,
                        "reason": f"0x{self.close_reason:02X}"},
@@ -91,6 +91,7 @@ class Connection(ChannelCore):
 
     def takeover(self) -> None:
         """Another connection took this client's session."""
+        self.broker.hooks.session_takeover(self.client_id, self.remote)
         self.will_wanted = False
         self.close_reason = rc.SESSION_TAKEN_OVER
         self.close(rc.SESSION_TAKEN_OVER, "session taken over")

@@ -1,7 +1,14 @@
-"""CONNECT: protocol checks, client identifier, keep-alive, session, will, and CONNACK."""
+"""CONNECT: protocol checks, client identifier, keep-alive, session, will, and CONNACK.
+
+Authentication is the broker's `authenticate` hook; when it has to ask a service (it returns an
+awaitable), the channel stops reading until the answer comes, then the CONNECT completes or is
+refused (MQTT 5 CONNACK 0x86/0x87, 3.1.1 0x04/0x05).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 from fluxmq._speedups import codec
@@ -12,7 +19,10 @@ from fluxmq.broker.hooks import ClientInfo
 from fluxmq.broker.will import Will
 from fluxmq.mqtt import reason_codes as rc
 
+log = logging.getLogger("fluxmq.mqtt")
+
 ST_CONNECTED = 2
+ST_CLOSING = 3
 _PROTOCOLS = {3: "mqtt3.1", 4: "mqtt3.1.1", 5: "mqtt5"}
 _EMPTY = codec.Properties()
 
@@ -120,11 +130,48 @@ def handle_connect(conn, pkt: codec.Connect) -> None:
             return refuse(conn, rc.NOT_AUTHORIZED, "a client certificate is required")
         username = identity
     info = ClientInfo(client_id, username, pkt.password, conn.remote, _PROTOCOLS[v],
-                      conn.listener.name, identity, sans)
-    refusal = broker.hooks.authenticate(info)
-    if refusal:
-        return refuse(conn, refusal)
+                      conn.listener.name, identity, sans,
+                      verified=bool(conn.listener.use_identity_as_username),
+                      clean_start=pkt.clean_start, keepalive=keepalive)
 
+    def finish(refusal: int) -> None:
+        if refusal:
+            return refuse(conn, refusal)
+        _accept(conn, pkt, info, props, keepalive, server_keepalive, expiry, returned_expiry,
+                will, assigned)
+
+    result = broker.hooks.authenticate(info)
+    if isinstance(result, int):
+        return finish(result)
+    # Asked elsewhere: the channel keeps what arrives meanwhile until CONNECT is answered.
+    task = asyncio.ensure_future(_await_auth(conn, result, finish))
+    _PENDING.add(task)
+    task.add_done_callback(_PENDING.discard)
+
+
+_PENDING: set = set()  # authentications being awaited (a reference keeps each task alive)
+
+
+async def _await_auth(conn, pending, finish) -> None:
+    try:
+        refusal = await pending
+    except Exception:
+        log.exception("authentication failed with an error", extra={"remote": conn.remote})
+        refusal = rc.NOT_AUTHORIZED
+    if conn.state >= ST_CLOSING or conn.transport is None:
+        return  # the client went away meanwhile
+    finish(refusal)
+    if conn.state == ST_CONNECTED:
+        conn.resume_input()
+
+
+def _accept(conn, pkt, info, props, keepalive, server_keepalive, expiry, returned_expiry, will,
+            assigned) -> None:
+    s = conn.listener.settings
+    broker = conn.broker
+    v = conn.version
+    client_id = info.client_id
+    username = info.username
     conn.client_id = client_id
     conn.username = username
     conn.keepalive = keepalive
@@ -155,5 +202,15 @@ def handle_connect(conn, pkt: codec.Connect) -> None:
         )
     conn.send(codec.Connack(0, result.present, ack_props))
     conn.state = ST_CONNECTED
-    broker.hooks.client_connected(info, result.present)
+    hooks = broker.hooks
+    hooks.client_connected(info, result.present)
+    conn.authz = hooks.publish_hook(client_id)
+    conn.authz_ok = None
+    log.info(
+        "client connected",
+        extra={"client_id": client_id, "remote": conn.remote, "username": username,
+               "protocol": info.protocol, "listener": info.listener,
+               "clean_start": pkt.clean_start, "keepalive": keepalive,
+               "session_present": result.present},
+    )
     broker.resume_session(result.session, conn)

@@ -1,0 +1,1 @@
+"""Operations: webhooks, Prometheus metrics, the admin API and hot reload."""
