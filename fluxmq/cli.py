@@ -1,4 +1,4 @@
-"""The `fluxmq` command: `serve`, `check-config`, `version`.
+"""The `fluxmq` command: `serve`, `check-config`, `passwd`, `version`.
 
 Each sub-command is a `_Command`: a function that adds its argparse sub-parser and a function
 that runs it and returns the exit code. Adding one (e.g. `passwd`) is one more entry in
@@ -99,6 +99,67 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- passwd ------------------------------------------------------------------------------------
+
+
+def _add_passwd(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "passwd",
+        help="add, change or delete a user in a password file",
+        description="Add or change USER in the Mosquitto-format password FILE (a $7$ "
+        "PBKDF2-SHA512 hash, as mosquitto_passwd writes; FILE is created, mode 0600, if "
+        "missing), or delete USER with -D. The password is read from the terminal (twice), "
+        "or from the first line of standard input with --password-stdin. Send the broker "
+        "SIGHUP (or POST /api/v1/reload) to use the new file.",
+    )
+    p.add_argument("-D", "--delete", action="store_true", help="delete USER")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    p.add_argument("file", metavar="FILE", help="password file")
+    p.add_argument("user", metavar="USER", help="username")
+    return p
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    import getpass
+
+    if not sys.stdin.isatty():
+        print("fluxmq: no terminal to read the password from (use --password-stdin)",
+              file=sys.stderr)  # fmt: skip
+        return None
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Reenter password: ") != first:
+        print("fluxmq: passwords do not match", file=sys.stderr)
+        return None
+    return first
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from fluxmq.security.passwords import update_file
+
+    password = None
+    if not args.delete:
+        password = _read_password(args)
+        if password is None:
+            return 1
+        if not password:
+            print("fluxmq: empty password", file=sys.stderr)
+            return 1
+    try:
+        done = update_file(args.file, args.user, password)
+    except (ValueError, OSError) as err:
+        print(f"fluxmq: {err}", file=sys.stderr)
+        return 1
+    if not done:
+        print(f"fluxmq: user {args.user} not found in {args.file}", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
 # -- version -----------------------------------------------------------------------------------
 
 
@@ -142,6 +203,7 @@ class _Command:
 COMMANDS: tuple[_Command, ...] = (
     _Command("serve", _add_serve, _serve),
     _Command("check-config", _add_check_config, _check_config),
+    _Command("passwd", _add_passwd, _passwd),
     _Command("version", _add_version, _version),
 )
 
