@@ -55,7 +55,7 @@ MAX_LATENCY = 100.0
 DEDUP_MAX = 8192  # message ids remembered per peer (a faster sender's oldest are forgotten)
 RECENT_MAX = 64  # non-confirmable notifications per peer a RST can still refer to
 SWEEP_EVERY = 1.0
-LOGGED_MAX = 4096  # IP addresses whose first problem was logged (then the set starts again)
+LOGGED_MAX = 4096  # (IP address, kind of problem) logged once (then the set starts again)
 
 
 def code_text(code: int) -> str:
@@ -281,7 +281,7 @@ class CoAPListener:
         # Duck typing with the MQTT listeners (the timeout scan and the shutdown wait).
         self.connections: frozenset = frozenset()
         self.settings = None
-        self.logged: set[str] = set()
+        self.logged: set[tuple[str, str]] = set()
         # Counters (logged when the listener stops).
         self.received = 0
         self.sent = 0
@@ -354,14 +354,16 @@ class CoAPListener:
     # -- input -------------------------------------------------------------------------------------
 
     def problem(self, ip: str, what: str, **extra) -> None:
-        """Log the first problem of each IP address (bounded: the set starts again when full)."""
-        if ip in self.logged:
+        """Log the first problem of each kind from each IP address (bounded: the set starts
+        again when full); the others are only counted."""
+        key = (ip, what.split(" (", 1)[0])
+        if key in self.logged:
             return
         if len(self.logged) >= LOGGED_MAX:
             self.logged.clear()
-        self.logged.add(ip)
+        self.logged.add(key)
         log.warning(
-            "CoAP %s from %s (further problems from this address are counted, not logged)",
+            "CoAP %s from %s (more of these from this address are counted, not logged)",
             what,
             ip,
             extra={"listener": self.name, **extra},

@@ -43,6 +43,7 @@ COOKIE_ROTATE = 300.0
 MTU = 1400  # largest datagram sent (handshake flights are fragmented to fit)
 _HEADER = 13  # DTLS record header length
 _HANDSHAKE = 22
+_DTLS1_2_VERSION = 0xFEFD  # OpenSSL's DTLS1_2_VERSION (pyOpenSSL does not name it)
 
 
 def _ssl_shim(section: Any, mutual: bool) -> SimpleNamespace:
@@ -64,7 +65,7 @@ def build_context(section: Any, key: str) -> SSL.Context:
     _tls.build_context(_ssl_shim(section, mutual), key)
     ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
     try:
-        ctx.set_min_proto_version(SSL.DTLS1_2_VERSION)
+        ctx.set_min_proto_version(_DTLS1_2_VERSION)
         ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
         ctx.use_certificate_chain_file(section.cert_file)
         ctx.use_privatekey_file(section.key_file)
