@@ -61,7 +61,9 @@ def reload(node) -> tuple[bool, str]:
         cfg = load_config(node.config_path, node.overrides)
         sec = SecurityConfig.from_config(cfg, bound_hosts(old))
     except (ConfigError, ValueError) as exc:
-        log.error("reload refused, the running configuration is kept: %s", exc)
+        log.error(
+            "reload refused (the running configuration is kept; certificates not reloaded): %s", exc
+        )
         return False, str(exc)
     changed = []
     # auth.*: files were read above; new rules for every client, caches cleared.

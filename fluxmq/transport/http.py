@@ -98,6 +98,17 @@ def _serialize(resp: Response, keep_alive: bool, head: bool) -> bytes:
     return out if head else out + resp.body
 
 
+class _Pending:
+    """The place of an answer that a handler gives later (it returned an awaitable): answers
+    still leave in request order."""
+
+    __slots__ = ("close", "data")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.close = False
+
+
 class _Stop(Exception):
     """Raised from a parser callback to stop parsing this connection (answer already queued)."""
 
@@ -115,7 +126,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_len = 0
         self.head_len = 0
-        self.out: list[bytes] = []
+        self.out: list[bytes | _Pending] = []
         self.closing = False
         self.timer = None
         self.in_request = False
@@ -216,6 +227,10 @@ class HTTPProtocol(asyncio.Protocol):
         )
         self.body = []
         resp = self.listener.handler(req)
+        if not isinstance(resp, Response):  # an awaitable: the answer comes later
+            self._later(resp, parser.should_keep_alive(), method == "HEAD")
+            self._arm()
+            return
         keep_alive = parser.should_keep_alive() and not resp.close
         self._queue(resp, keep_alive, method == "HEAD")
         if not keep_alive:
@@ -238,17 +253,46 @@ class HTTPProtocol(asyncio.Protocol):
     def _queue(self, resp: Response, keep_alive: bool, head: bool = False) -> None:
         self.out.append(_serialize(resp, keep_alive, head))
 
+    def _later(self, awaitable, keep_alive: bool, head: bool) -> None:
+        slot = _Pending()
+        self.out.append(slot)
+
+        async def answer() -> None:
+            try:
+                resp = await awaitable
+            except Exception as exc:
+                log.error("HTTP handler failed", exc_info=exc)
+                resp = error_response(500, "internal error")
+            slot.close = not keep_alive or resp.close
+            slot.data = _serialize(resp, not slot.close, head)
+            if slot.close:
+                self.closing = True
+            if self.transport is not None:
+                self._flush()
+
+        task = asyncio.ensure_future(answer())
+        self.listener.tasks.add(task)
+        task.add_done_callback(self.listener.tasks.discard)
+
     def _flush(self) -> None:
         transport = self.transport
         if self.out:
-            data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
-            self.out = []
-            if not transport.is_closing():
+            ready: list[bytes] = []
+            while self.out:
+                item = self.out[0]
+                if isinstance(item, _Pending):
+                    if item.data is None:
+                        break  # later answers wait for this one
+                    item = item.data
+                ready.append(item)
+                del self.out[0]
+            if ready and not transport.is_closing():
+                data = b"".join(ready) if len(ready) > 1 else ready[0]
                 if self.ob is not None:
                     self.ob.write(data)
                 else:
                     transport.write(data)
-        if self.closing and not transport.is_closing():
+        if self.closing and not self.out and not transport.is_closing():
             if self.ob is not None:
                 self.ob.close()
             else:
@@ -294,6 +338,7 @@ class HTTPListener:
         self.max_body = max_body
         self.tls = tls
         self.conns: set[HTTPProtocol] = set()
+        self.tasks: set[asyncio.Future] = set()  # answers being awaited
         # Duck typing with the MQTT listeners (the timeout scan and the shutdown wait).
         self.connections: frozenset = frozenset()
         self.settings = None

@@ -10,14 +10,17 @@
                     "payload_format_indicator": 1, "user_properties": {"unit": "C"}}}
 
 Answers (JSON): 200 `{"status":"ok"}` once the message is routed; 400 naming the field for a bad
-body, topic, QoS, encoding or base64; 403 when the authorisation hook refuses the topic (and for
-`$SYS` topics); 405 for another method; 413 when the PUBLISH it makes would be larger than
+body, topic, QoS, encoding or base64; 401 when authentication refuses the client (HTTP Basic
+credentials, checked like an MQTT CONNECT's username and password; none = anonymous); 403 when
+the authorisation hook refuses the topic (and for `$SYS` topics); 405 for another method; 413 when the PUBLISH it makes would be larger than
 `broker.max_message_size`; 415 for a content type other than JSON; 429 over the per-IP message
 rate (`ratelimit.message`). Errors are `{"status":"error","error":"<what>"}`.
 
-The message enters the broker by `Broker.publish`, as every door's does; the authorisation hook
-(`Hooks.authorize_publish`) gets client id `http:<ip>` and, on a TLS listener with
-`use_identity_as_username`, the client certificate's identity as the username.
+The message enters the broker by `Broker.publish`, as every door's does. Each request is first
+authenticated (`Hooks.authenticate`, protocol `http`) and then authorised
+(`Hooks.authorize_publish`) with client id `http:<ip>` and the username of the `Authorization:
+Basic` header or, on a TLS listener with `use_identity_as_username`, the client certificate's
+identity.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Awaitable
 
 import orjson
 
 from fluxmq._speedups import codec
 from fluxmq._speedups.message import Message
+from fluxmq.broker.hooks import ClientInfo
 from fluxmq.transport.http import Request, Response, error_response, json_response
 from fluxmq.transport.tls import peer_identity
 
@@ -47,6 +52,23 @@ _PROPERTIES = frozenset(
     }
 )
 _UINT32_MAX = 4294967295
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="fluxmq"'}
+
+
+def basic_credentials(header: str | None) -> tuple[str, bytes] | None:
+    """(username, password) of an `Authorization: Basic` header; None without one."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).partition(b":")
+        if not sep:
+            raise ValueError
+        return user.decode("utf-8"), password
+    except (binascii.Error, ValueError):
+        raise BadRequest("Authorization: malformed Basic credentials") from None
 
 
 class BadRequest(Exception):
@@ -232,7 +254,8 @@ class Bridge:
                 return self.publish(req)
             except BadRequest as exc:
                 self.refused += 1
-                return error_response(exc.status, str(exc))
+                headers = _CHALLENGE if exc.status == 401 else None
+                return error_response(exc.status, str(exc), headers)
         if req.path == "/health":
             if req.method not in ("GET", "HEAD"):
                 return error_response(405, "method not allowed: use GET", {"Allow": "GET, HEAD"})
@@ -250,15 +273,41 @@ class Bridge:
                 f"message larger than broker.max_message_size ({self.max_message_size} bytes)",
                 413,
             )
-        username = None
+        username: str | None = None
+        password: bytes | None = None
+        identity, sans = None, ()
         if self.tls:
-            identity, _ = peer_identity(req.transport)
+            identity, sans = peer_identity(req.transport)
             if self.use_identity:
                 if identity is None:
                     raise BadRequest("a client certificate is required", 403)
                 username = identity
+        creds = basic_credentials(req.headers.get("authorization"))
+        if creds is not None and not self.use_identity:
+            username, password = creds
+        info = ClientInfo(
+            f"http:{req.remote}", username, password, req.remote, "http",
+            "http.tls" if self.tls else "http", identity, sans, verified=self.use_identity,
+        )  # fmt: skip
+        result = self.broker.hooks.authenticate(info)
+        if isinstance(result, int):
+            return self._authorised(result, info, msg, req)
+        return self._await(result, info, msg, req)
+
+    async def _await(self, pending: Awaitable[int], info, msg: Message, req: Request) -> Response:
+        try:
+            return self._authorised(await pending, info, msg, req)
+        except BadRequest as exc:
+            self.refused += 1
+            headers = _CHALLENGE if exc.status == 401 else None
+            return error_response(exc.status, str(exc), headers)
+
+    def _authorised(self, refusal: int, info, msg: Message, req: Request) -> Response:
+        if refusal:
+            why = "bad username or password" if refusal == 0x86 else "not authorized"
+            raise BadRequest(why, 401)
         hooks = self.broker.hooks
-        if not hooks.authorize_publish(f"http:{req.remote}", username, msg.topic):
+        if not hooks.authorize_publish(info.client_id, info.username, msg.topic):
             raise BadRequest("not authorized to publish to this topic", 403)
         if self.limiter is not None and not self.limiter.allow(req.remote):
             self.broker.counters.publish_dropped += 1

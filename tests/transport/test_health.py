@@ -54,7 +54,7 @@ def test_other_methods_and_paths(mqtt_broker):
     port = ports["health"]
     assert get(port, "/health", "-X", "POST")[0] == 405
     assert get(port, "/ready", "-X", "DELETE")[0] == 405
-    assert get(port, "/metrics")[0] == 404
+    assert get(port, "/nothing-here")[0] == 404
 
 
 def test_health_can_be_turned_off(broker_factory):
