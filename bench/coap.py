@@ -238,6 +238,13 @@ def latency(client: UDP, tcp_port: int, count: int, limit: float = 60.0) -> list
     return out
 
 
+def _percentile(lat: list[float]):
+    def p(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
+
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.coap", description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=20000, help="publishes per rate run")
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, "CON publish rate", f"{rate(make(), aiocoap.CON, args.count, args.window):,.0f} msg/s"))  # fmt: skip
                 lat = sorted(latency(make(), b.tcp, args.latency_count))
                 if lat:
-                    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6  # noqa: E731
+                    p = _percentile(lat)
                     rows.append((name, "CoAP -> MQTT latency",
                                  f"p50 {p(0.5):.0f} us, p99 {p(0.99):.0f} us, "
                                  f"mean {statistics.mean(lat) * 1e6:.0f} us ({len(lat)})"))  # fmt: skip

@@ -236,7 +236,9 @@ class _Protocol(asyncio.DatagramProtocol):
         try:
             self.listener.datagram_received(data, addr)
         except Exception:
-            log.exception("CoAP datagram from %s failed", addr, extra={"listener": self.listener.name})
+            log.exception(
+                "CoAP datagram from %s failed", addr, extra={"listener": self.listener.name}
+            )
 
     def error_received(self, exc) -> None:
         log.debug("CoAP socket error: %s", exc, extra={"listener": self.listener.name})

@@ -1,13 +1,13 @@
 """Fixtures for the CoAP bridge tests.
 
-    coap_broker     coap_broker(plain=True, dtls=None, mdtls=None, config=None) -> CoAPBroker:
-                    a broker with plain TCP and the CoAP listeners asked for, on free loopback
-                    ports (`.tcp`, `.coap`, `.dtls`, `.mdtls`).
-    certs           a CA, a server certificate for 127.0.0.1, a client certificate of the CA
-                    (CN client1) and one of another CA, made by `openssl` once per session.
-    libcoap         runs `coap-client-notls` / `coap-client-openssl` with a timeout.
-    raw             RawCoAP clients: a UDP socket that sends and receives single CoAP messages
-                    (encoded and decoded with aiocoap), for the message-layer tests.
+coap_broker     coap_broker(plain=True, dtls=None, mdtls=None, config=None) -> CoAPBroker:
+                a broker with plain TCP and the CoAP listeners asked for, on free loopback
+                ports (`.tcp`, `.coap`, `.dtls`, `.mdtls`).
+certs           a CA, a server certificate for 127.0.0.1, a client certificate of the CA
+                (CN client1) and one of another CA, made by `openssl` once per session.
+libcoap         runs `coap-client-notls` / `coap-client-openssl` with a timeout.
+raw             RawCoAP clients: a UDP socket that sends and receives single CoAP messages
+                (encoded and decoded with aiocoap), for the message-layer tests.
 """
 
 from __future__ import annotations

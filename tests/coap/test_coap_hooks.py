@@ -28,6 +28,7 @@ class Recording(Hooks):
     def authenticate(self, info):
         self.infos.append(info)
         if self.wait:
+
             async def later():
                 await asyncio.sleep(self.wait)
                 return self.refuse_auth
@@ -97,7 +98,7 @@ def test_authorisation_hooks_give_4_03_and_subscriptions_use_them():
     assert hooks.infos and hooks.infos[0].protocol == "coap"
     assert hooks.infos[0].client_id.startswith("coap:127.0.0.1:")
     assert hooks.infos[0].cert_identity is None and hooks.infos[0].listener == "coap"
-    assert ("secret/x" in [t for _, _, t in hooks.publish_checks])
+    assert "secret/x" in [t for _, _, t in hooks.publish_checks]
     assert [f for _, _, f in hooks.subscribe_checks] == ["secret/#", "open/#"]
 
 
@@ -106,7 +107,9 @@ def test_authentication_refusal_is_4_01_and_an_awaited_answer_is_waited_for():
     port2 = free_udp_port()
 
     async def main():
-        _, l1 = await _start(Recording(refuse_auth=0x87), {"server.coap.plain.addr": f"{HOST}:{port}"})
+        _, l1 = await _start(
+            Recording(refuse_auth=0x87), {"server.coap.plain.addr": f"{HOST}:{port}"}
+        )
         _, l2 = await _start(Recording(wait=0.3), {"server.coap.plain.addr": f"{HOST}:{port2}"})
         ctx = await aiocoap.Context.create_client_context()
         try:
