@@ -1,0 +1,1 @@
+from tests.security.helpers import clients, recorder  # noqa: F401 - fixtures
