@@ -1,9 +1,13 @@
 """Durable broker state in LMDB (`storage.type: lmdb`).
 
 Every change a loop turn makes (a message queued, sent, acknowledged; a subscription; a
-session; a retained message; a will) is recorded as a pending put or delete, and the turn's
-changes are committed in one LMDB transaction by the flusher's barrier at the end of the turn,
-before any output of that turn is written:
+session; a retained message; a will) is appended to the turn's journal, and the turn's journal is
+committed as one LMDB record by the flusher's barrier at the end of the turn, before any output
+of that turn is written. The changes also gather in memory, where a key inserted and deleted
+again before the next compaction (a message acknowledged within a second, the usual case)
+cancels out; every second the survivors are applied to the main databases in small chunks and
+the journal records they cover are deleted. A start replays any journal records left over.
+Turn commits:
 
 - `fsync: interval` and `never`: the commit runs in the loop (LMDB without fsync: ~10 us plus
   ~1 us a change); with `interval`, `env.sync()` runs in a worker thread every
@@ -40,6 +44,7 @@ from pathlib import Path
 import lmdb
 
 from fluxmq._speedups.message import Message
+from fluxmq._speedups.records import Journal, replay
 from fluxmq._speedups.session import Inflight, Session, Subscription
 from fluxmq.storage import records as R
 from fluxmq.storage.base import StorageError
@@ -50,6 +55,12 @@ log = logging.getLogger("fluxmq.storage")
 META, SESSIONS, WILLS, SUBS, QUEUE, INFLIGHT, REL, MSGS, RETAINED = range(9)
 _NAMES = (b"meta", b"sessions", b"wills", b"subs", b"queue", b"inflight", b"rel", b"msgs",
           b"retained")
+_J = b"j"  # journal records live in `meta` under b"j" + u64 id (ids in order)
+_COMPACT_EVERY = 1.0  # seconds between compactions of the journal into the main databases
+_COMPACT_AT = 50000  # ... or once this many keys changed
+_COMPACT_BYTES = 8 << 20  # ... or once the changes hold this many bytes
+_CHUNK = 1000  # changes applied to the main databases per commit while compacting (a larger
+# chunk makes that loop turn, and so every client's round trip, longer)
 _INITIAL_MAP = 64 << 20
 _RETRY_FULL = 5.0  # seconds between retries while the disk is full
 
@@ -83,15 +94,26 @@ class LMDBStore:
         self.env: lmdb.Environment | None = None
         self.dbs: list = []
         self._lock_file = None
-        self._ops: list[dict[bytes, bytes | None]] = [{} for _ in _NAMES]
-        self._nops = 0
+        # Changes since the last compaction snapshot, per database (key -> value, None: delete),
+        # and the keys among them inserted since then (not in the main database: a delete of one
+        # of these cancels the insert, and neither ever reaches the B-tree).
+        self._acc: list[dict[bytes, bytes | None]] = [{} for _ in _NAMES]
+        self._fresh: list[set[bytes]] = [set() for _ in _NAMES]
+        self._acc_bytes = 0
+        self._journal = Journal()  # this turn's changes, in order
+        self._next_journal = 1
+        self._last_journal = 0
+        self._snap: list[tuple[int, bytes, bytes | None]] = []  # being applied, in chunks
+        self._snap_pos = 0
+        self._snap_upto = 0  # journals up to this id are redundant once _snap is applied
+        self._last_compact = time.monotonic()
+        self._kept: list[tuple[int, bytes]] = []  # journals not written (the disk is full)
         self._refs: dict[int, int] = {}
         self._next_seq = 1
         self._next_msg = 1
         self.flusher = None  # set by attach(); requests an end-of-turn commit
         self.loop: asyncio.AbstractEventLoop | None = None
         self.full = False
-        self._kept = 0  # changes of a failed commit that wait for the retry (while full)
         self.on_full: Callable[[bool], None] | None = None
         self._writer: _Writer | None = None
         self._sync_task: asyncio.Task | None = None
@@ -118,6 +140,7 @@ class LMDBStore:
                 self.env.set_mapsize(_INITIAL_MAP)
             self.dbs = [self.env.open_db(name) for name in _NAMES]
             self._check_format()
+            self._recover()
         except lmdb.Error as e:
             self._unlock()
             raise StorageError(
@@ -170,6 +193,38 @@ class LMDBStore:
                     f"{R.FORMAT_VERSION} this FluxMQ writes; FluxMQ does not convert or delete it"
                 )
 
+    def _recover(self) -> None:
+        """Apply the journal records left by a broker that stopped before compacting them."""
+        meta = self.dbs[META]
+        with self.env.begin() as txn:
+            cur = txn.cursor(meta)
+            if not cur.set_range(_J) or not bytes(cur.key()).startswith(_J):
+                return  # nothing to recover: the database is not touched
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(meta)
+            records = []
+            if cur.set_range(_J):
+                for key, val in cur:
+                    if not key.startswith(_J):
+                        break
+                    records.append((bytes(key), bytes(val)))
+            for key, val in records:
+                try:
+                    changes = replay(val)
+                except R.RecordError as e:
+                    raise StorageError(
+                        f"storage.path {self.path}: damaged journal record {key[1:].hex()}: {e}"
+                    ) from None
+                for db, k, v in changes:
+                    if db >= len(_NAMES):
+                        raise StorageError(f"storage.path {self.path}: journal names database {db}")
+                    if v is None:
+                        txn.delete(k, db=self.dbs[db])
+                    else:
+                        txn.put(k, v, db=self.dbs[db])
+                txn.delete(key, db=meta)
+        log.info("storage journal recovered", extra={"records": len(records)})
+
     def attach(self, loop: asyncio.AbstractEventLoop, flusher) -> None:
         """Start committing at the end of every loop turn through `flusher`."""
         self.loop = loop
@@ -205,7 +260,7 @@ class LMDBStore:
         try:
             return self._load(make_session)
         except (lmdb.Error, R.RecordError) as e:
-            self._take_ops()  # a start that fails writes nothing (e.g. orphan bodies stay)
+            self._reset_changes()  # a start that fails writes nothing (e.g. orphan bodies stay)
             raise StorageError(f"storage.path {self.path}: damaged database: {e}") from None
 
     def _load(self, make_session) -> Loaded:
@@ -285,18 +340,42 @@ class LMDBStore:
 
     # -- changes (called during a turn) ------------------------------------------------------------
 
+    def _insert(self, db: int, key: bytes, value: bytes) -> None:
+        """A key that is not in the database (queue and in-flight entries, bodies)."""
+        acc = self._acc[db]
+        if key not in acc:
+            self._fresh[db].add(key)
+        acc[key] = value
+        self._acc_bytes += len(value)
+        self._journal.put(db, key, value)
+        self._touch()
+
     def _put(self, db: int, key: bytes, value: bytes) -> None:
-        self._ops[db][key] = value
+        """Insert or replace."""
+        self._acc[db][key] = value
+        self._acc_bytes += len(value)
+        self._journal.put(db, key, value)
         self._touch()
 
     def _delete(self, db: int, key: bytes) -> None:
-        self._ops[db][key] = None
+        fresh = self._fresh[db]
+        if key in fresh:  # inserted since the last compaction: it never reaches the B-tree
+            fresh.discard(key)
+            del self._acc[db][key]
+        else:
+            self._acc[db][key] = None
+        self._journal.delete(db, key)
         self._touch()
 
     def _touch(self) -> None:
-        self._nops += 1
-        if self._nops == 1 and self.flusher is not None:
+        if self._journal.count == 1 and self.flusher is not None:
             self.flusher.request()
+
+    def _reset_changes(self) -> None:
+        self._acc = [{} for _ in _NAMES]
+        self._fresh = [set() for _ in _NAMES]
+        self._acc_bytes = 0
+        self._journal = Journal()
 
     def _entry(self, e: Inflight) -> bytes:
         msg = e.msg
@@ -305,7 +384,7 @@ class LMDBStore:
         if not msg.store_id:
             msg.store_id = self._next_msg
             self._next_msg += 1
-            self._put(MSGS, R.u64(msg.store_id), R.encode_message(msg))
+            self._insert(MSGS, R.u64(msg.store_id), R.encode_message(msg))
             self._refs[msg.store_id] = 0
         self._refs[msg.store_id] += 1
         return R.encode_entry(e, msg.store_id)
@@ -326,7 +405,7 @@ class LMDBStore:
         e.key = R.seq_key(session.client_id, self._next_seq)
         self._next_seq += 1
         e.stored = self._entry(e)
-        self._put(QUEUE, e.key, e.stored)
+        self._insert(QUEUE, e.key, e.stored)
 
     def moved(self, session: Session, packet_id: int, e: Inflight) -> None:
         """A queued entry was sent: the same record, now in flight under its packet id (the
@@ -339,9 +418,9 @@ class LMDBStore:
         if raw is None:  # same references as before: the shared body (if any) stays counted once
             msg = e.msg
             raw = R.encode_entry(e, msg.store_id if msg is not None else 0)
-            self._put(INFLIGHT, e.key, raw)
+            self._insert(INFLIGHT, e.key, raw)
         else:
-            self._put(INFLIGHT, e.key, raw[:1] + b"\x01" + raw[2:])
+            self._insert(INFLIGHT, e.key, raw[:1] + b"\x01" + raw[2:])
 
     def unqueued(self, session: Session, e: Inflight) -> None:
         if e.key is not None:
@@ -352,7 +431,7 @@ class LMDBStore:
 
     def inflight(self, session: Session, packet_id: int, e: Inflight) -> None:
         e.key = R.pid_key(session.client_id, packet_id)
-        self._put(INFLIGHT, e.key, self._entry(e))
+        self._insert(INFLIGHT, e.key, self._entry(e))
 
     def released(self, session: Session, packet_id: int, e: Inflight) -> None:
         self._unref(e.msg)
@@ -364,7 +443,7 @@ class LMDBStore:
         self._unref(e.msg)
 
     def rel_added(self, session: Session, packet_id: int) -> None:
-        self._put(REL, R.pid_key(session.client_id, packet_id), b"")
+        self._insert(REL, R.pid_key(session.client_id, packet_id), b"")
 
     def rel_removed(self, session: Session, packet_id: int) -> None:
         self._delete(REL, R.pid_key(session.client_id, packet_id))
@@ -441,33 +520,88 @@ class LMDBStore:
         self._delete(RETAINED, topic.encode())
 
     # -- committing ------------------------------------------------------------------------------
+    #
+    # Every turn's changes are written as one journal record (one put). The changes also gather
+    # in `_acc`; every _COMPACT_EVERY seconds (or _COMPACT_AT keys) `_acc` becomes a snapshot
+    # that is applied to the main databases, _CHUNK changes per commit, after which the journal
+    # records it covers are deleted. Main databases + journal records in order = the state.
 
-    @staticmethod
-    def _no_ops() -> list[dict[bytes, bytes | None]]:
-        return [{} for _ in _NAMES]
+    def _maybe_snapshot(self) -> None:
+        if self._snap or self.full:
+            return
+        nkeys = sum(len(a) for a in self._acc)
+        if not nkeys:
+            return
+        if (nkeys < _COMPACT_AT and self._acc_bytes < _COMPACT_BYTES
+                and time.monotonic() - self._last_compact < _COMPACT_EVERY):
+            return
+        self._snap = [(db, k, v) for db, acc in enumerate(self._acc) for k, v in acc.items()]
+        self._snap_pos = 0
+        self._snap_upto = self._last_journal
+        self._acc = [{} for _ in _NAMES]
+        self._fresh = [set() for _ in _NAMES]
+        self._acc_bytes = 0
+        self._last_compact = time.monotonic()
 
-    def _take_ops(self) -> list[dict[bytes, bytes | None]]:
-        ops = self._ops
-        self._ops = [{} for _ in _NAMES]
-        self._nops = 0
-        return ops
+    def _make_batch(self, everything: bool = False) -> _Batch | None:
+        """This turn's journal record and the next chunk of compaction (all of it, with
+        `everything`: for reading the main databases, and at close)."""
+        b = _Batch()
+        if self._journal.count:
+            jid = self._next_journal
+            self._next_journal += 1
+            self._last_journal = jid
+            b.journals.append((jid, self._journal.take()))
+        if everything:
+            if self._snap_pos < len(self._snap):
+                b.chunk = self._snap[self._snap_pos :]
+            b.chunk = (b.chunk or []) + [
+                (db, k, v) for db, acc in enumerate(self._acc) for k, v in acc.items()
+            ]
+            self._acc = [{} for _ in _NAMES]
+            self._fresh = [set() for _ in _NAMES]
+            self._acc_bytes = 0
+            self._snap, self._snap_pos = [], 0
+            b.upto = self._last_journal
+            self._last_compact = time.monotonic()
+        else:
+            self._maybe_snapshot()
+            if self._snap:
+                b.chunk = self._snap[self._snap_pos : self._snap_pos + _CHUNK]
+                self._snap_pos += len(b.chunk)
+                if self._snap_pos >= len(self._snap):
+                    b.upto = self._snap_upto
+                    self._snap, self._snap_pos = [], 0
+                elif self.flusher is not None:
+                    self.flusher.request()  # the rest of the snapshot in the next turns
+        return b if (b.journals or b.chunk or b.upto) else None
 
-    def apply(self, ops: list[dict[bytes, bytes | None]]) -> None:
-        """Write a batch in one transaction, growing the map when it is full."""
+    def write(self, b: _Batch) -> None:
+        """One transaction: journal records, a chunk of compaction, redundant journals deleted.
+        The map grows when it is full."""
+        dbs = self.dbs
         while True:
             try:
                 with self.env.begin(write=True) as txn:
-                    for db, changes in zip(self.dbs, ops, strict=True):
-                        if not changes:
-                            continue
-                        puts = []
-                        for k, v in changes.items():
+                    for jid, data in b.journals:
+                        txn.put(_J + R.u64(jid), data, db=dbs[META])
+                    if b.chunk:
+                        puts: dict[int, list] = {}
+                        for db, k, v in b.chunk:
                             if v is None:
-                                txn.delete(k, db=db)
+                                txn.delete(k, db=dbs[db])
                             else:
-                                puts.append((k, v))
-                        if puts:
-                            txn.cursor(db).putmulti(puts)
+                                puts.setdefault(db, []).append((k, v))
+                        for db, items in puts.items():
+                            txn.cursor(dbs[db]).putmulti(items)
+                    if b.upto:
+                        cur = txn.cursor(dbs[META])
+                        if cur.set_range(_J):
+                            while True:  # journal ids are in order: delete from the first on
+                                key = bytes(cur.key())
+                                if (not key.startswith(_J) or R.read_u64(key[1:]) > b.upto
+                                        or not cur.delete()):
+                                    break
                 self.commits += 1
                 return
             except lmdb.MapFullError:
@@ -476,64 +610,93 @@ class LMDBStore:
                 self.env.set_mapsize(size)
 
     def _commit_now(self) -> None:
-        """Commit what is pending, here and now (drains the writer first)."""
+        """Write and compact everything now, so the main databases hold the whole state (for
+        reading spilled queues, and at close)."""
         if self._writer is not None:
             self._writer.drain()
-        if self._nops:
-            ops = self._take_ops()
-            try:
-                self.apply(ops)
-                self._dirty_since_sync = True
-            except lmdb.Error as e:
-                self._failed(ops, e)
-                raise StorageError(f"storage.path {self.path}: {e}") from None
+        if self.full:
+            raise StorageError(f"storage.path {self.path}: the disk is full")
+        b = self._make_batch(everything=True)
+        if b is None:
+            return
+        try:
+            self.write(b)
+            self._dirty_since_sync = True
+        except lmdb.Error as e:
+            self._failed(b, e)
+            raise StorageError(f"storage.path {self.path}: {e}") from None
 
     def end_turn(self, dirty: list) -> list:
-        """The flusher's barrier: commit this turn's changes; return the buffers that may be
+        """The flusher's barrier: write this turn's changes; return the buffers that may be
         written now (with `always`, their output waits for the commit instead)."""
-        # While the disk is full, the changes of the failed commit wait for the retry timer: a
-        # turn that changed nothing more does not depend on them, and its output (QoS 0,
-        # non-persistent sessions, refusals) goes out instead of failing with them.
-        waiting = self.full and self._nops <= self._kept
+        if self.full:
+            return self._end_turn_full(dirty)
+        b = self._make_batch()
         if self._writer is not None:
-            if (waiting or not self._nops) and not self._writer.holding:
+            if b is None and not self._writer.holding:
                 return dirty
-            held = [(b, b.take_held()) for b in dirty]
-            self._writer.submit(self._no_ops() if waiting else self._take_ops(), held)
+            self._writer.submit(b, [(buf, buf.take_held()) for buf in dirty])
             return []
-        if self._nops and not waiting:
-            ops = self._take_ops()
+        if b is not None:
             try:
-                self.apply(ops)
+                self.write(b)
                 self._dirty_since_sync = True
-                if self.full:
-                    self._set_full(False)
             except lmdb.Error as e:
-                self._failed(ops, e)
-                for b in dirty:  # their acknowledgements may not go out
-                    b.abort()
+                self._failed(b, e)
+                for buf in dirty:  # their acknowledgements may not go out
+                    buf.abort()
                 return []
         return dirty
 
-    def committed(self, held: list, error: Exception | None, ops) -> None:
+    def _end_turn_full(self, dirty: list) -> list:
+        """While the disk is full, the journals of failed commits wait for the retry timer. A
+        turn that changed nothing writes its output (QoS 0, non-persistent sessions, refusals);
+        a turn that changed something tries to write everything and fails with it."""
+        if not self._journal.count:
+            if self._writer is None or not self._writer.holding:
+                return dirty
+            self._writer.submit(None, [(buf, buf.take_held()) for buf in dirty])
+            return []
+        b = _Batch()
+        b.journals = [*self._kept, (self._next_journal, self._journal.take())]
+        self._last_journal = self._next_journal
+        self._next_journal += 1
+        self._kept = []
+        if self._writer is not None:
+            self._writer.submit(b, [(buf, buf.take_held()) for buf in dirty])
+            return []
+        try:
+            self.write(b)
+            self._set_full(False)
+        except lmdb.Error as e:
+            self._failed(b, e)
+            for buf in dirty:
+                buf.abort()
+            return []
+        return dirty
+
+    def committed(self, held: list, error: Exception | None, b: _Batch | None) -> None:
         """In the loop, after the writer committed (or failed) a batch."""
         if error is not None:
-            self._failed(ops, error)
-            for b, _data in held:
-                b.held -= 1
-                b.abort()
+            self._failed(b, error)
+            for buf, _data in held:
+                buf.held -= 1
+                buf.abort()
             return
-        if self.full and any(ops):
+        if self.full and b is not None and b.journals:
             self._set_full(False)
-        for b, data in held:
-            b.write_held(data)
+        for buf, data in held:
+            buf.write_held(data)
 
-    def _failed(self, ops, error: Exception) -> None:
-        """Keep the changes for a retry; refuse new persistent work meanwhile."""
-        for mine, theirs in zip(self._ops, ops, strict=True):
-            for k, v in theirs.items():
-                mine.setdefault(k, v)
-        self._nops = self._kept = sum(len(o) for o in self._ops)
+    def _failed(self, b: _Batch | None, error: Exception) -> None:
+        """Keep what the batch should have written for a retry; refuse new persistent work."""
+        if b is not None:
+            self._kept = b.journals + self._kept
+            if b.chunk:  # compaction resumes with this chunk once writes succeed again
+                self._snap = b.chunk + self._snap[self._snap_pos :]
+                self._snap_pos = 0
+            if b.upto:
+                self._snap_upto = max(self._snap_upto, b.upto)
         now = time.monotonic()
         if now - self._last_full_log > 10:
             self._last_full_log = now
@@ -545,28 +708,34 @@ class LMDBStore:
                 self.loop.call_later(_RETRY_FULL, self._retry)
 
     def _retry(self) -> None:
-        """Every _RETRY_FULL seconds while full: commit the kept changes, with no output
+        """Every _RETRY_FULL seconds while full: write the kept journals, with no output
         waiting for the result (the acknowledgements that did were not sent)."""
         if not self.full:
             return
-        if self._nops:
+        if self._kept:
+            b = _Batch()
+            b.journals, self._kept = self._kept, []
             if self._writer is not None:
-                self._writer.submit(self._take_ops(), [])
+                self._writer.submit(b, [])
             else:
-                ops = self._take_ops()
                 try:
-                    self.apply(ops)
+                    self.write(b)
                     self._dirty_since_sync = True
                     self._set_full(False)
                 except lmdb.Error as e:
-                    self._failed(ops, e)
-        self.loop.call_later(_RETRY_FULL, self._retry)
+                    self._failed(b, e)
+        else:
+            self._set_full(False)
+        if self.full:
+            self.loop.call_later(_RETRY_FULL, self._retry)
 
     def _set_full(self, full: bool) -> None:
+        was = self.full
         self.full = full
-        if not full:
-            self._kept = 0
+        if was and not full:
             log.warning("storage writable again", extra={"path": str(self.path)})
+            if self._snap and self.flusher is not None:
+                self.flusher.request()
         if self.on_full is not None:
             self.on_full(full)
 
@@ -581,7 +750,20 @@ class LMDBStore:
     def stats(self) -> dict:
         info = self.env.info() if self.env is not None else {}
         return {"commits": self.commits, "map_size": info.get("map_size", 0),
-                "shared_bodies": len(self._refs), "full": self.full}
+                "shared_bodies": len(self._refs), "full": self.full,
+                "pending_keys": sum(len(a) for a in self._acc) + len(self._snap) - self._snap_pos}
+
+
+class _Batch:
+    """What one commit writes: journal records, a chunk of compaction, and the id up to which
+    journal records became redundant."""
+
+    __slots__ = ("chunk", "journals", "upto")
+
+    def __init__(self) -> None:
+        self.journals: list[tuple[int, bytes]] = []
+        self.chunk: list[tuple[int, bytes, bytes | None]] | None = None
+        self.upto = 0
 
 
 class _Writer:
@@ -606,10 +788,10 @@ class _Writer:
         """Output is still waiting for an earlier commit: later output must queue behind it."""
         return self.outstanding > 0
 
-    def submit(self, ops, held) -> None:
+    def submit(self, batch: _Batch | None, held) -> None:
         self.outstanding += 1
         self.submitted += 1
-        self.queue.put((ops, held))
+        self.queue.put((batch, held))
 
     def _run(self) -> None:
         loop = self.store.loop
@@ -617,14 +799,14 @@ class _Writer:
             item = self.queue.get()
             if item is None:
                 return
-            ops, held = item
+            batch, held = item
             error = None
             try:
-                if any(ops):
-                    self.store.apply(ops)
+                if batch is not None:
+                    self.store.write(batch)
             except lmdb.Error as e:
                 error = e
-            self.results.append((held, error, ops))
+            self.results.append((held, error, batch))
             with self.cond:
                 self.applied += 1
                 self.cond.notify_all()
@@ -633,9 +815,9 @@ class _Writer:
     def process(self) -> None:
         """In the loop: hand finished batches to the store, in order."""
         while self.results:
-            held, error, ops = self.results.popleft()
+            held, error, batch = self.results.popleft()
             self.outstanding -= 1
-            self.store.committed(held, error, ops)
+            self.store.committed(held, error, batch)
 
     def drain(self) -> None:
         """Block until every submitted batch is committed, then process the results."""

@@ -277,19 +277,25 @@ def test_keys_scan_per_client_in_order():
 # -- damaged bytes -------------------------------------------------------------------------------
 
 MSG = R.encode_message(full_message())
-HEAD = struct.Struct(">BBBddHI")
+HEAD = struct.Struct(">BBBddH")  # version, qos, flags, expires_at, timestamp, topic length
+F_CT, F_RT, F_CD, F_UP, F_ORIGIN = 8, 16, 32, 64, 128
 
 
 def with_head(**over) -> bytes:
     """MSG with fields of its fixed header replaced."""
-    names = ("version", "qos", "flags", "expires_at", "timestamp", "tlen", "plen")
+    names = ("version", "qos", "flags", "expires_at", "timestamp", "tlen")
     vals = dict(zip(names, HEAD.unpack_from(MSG), strict=True))
     vals.update(over)
     return HEAD.pack(*(vals[n] for n in names)) + MSG[HEAD.size :]
 
 
-def raw_message(props: bytes, topic: bytes = b"t", payload: bytes = b"p") -> bytes:
-    return HEAD.pack(1, 1, 0, 0.0, 0.0, len(topic), len(props)) + topic + props + payload
+def raw_message(flags: int = 0, fields: bytes = b"", topic: bytes = b"t") -> bytes:
+    """A message record written by hand: header, topic, then `fields` as the optional part."""
+    return HEAD.pack(1, 1, flags, 0.0, 0.0, len(topic)) + topic + fields
+
+
+def s16(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b
 
 
 DAMAGED_MESSAGES = {
@@ -298,14 +304,15 @@ DAMAGED_MESSAGES = {
     "version-2": with_head(version=2),
     "qos-3": with_head(qos=3),
     "topic-past-end": with_head(tlen=len(MSG)),
-    "ascii-topic-past-end": HEAD.pack(1, 1, 0, 0.0, 0.0, 100, 0) + b"tp",
-    "props-past-end": with_head(plen=len(MSG)),
-    "topic-not-utf8": raw_message(b"", topic=b"\xff\xfe"),
-    "props-not-json": raw_message(b"{not json"),
-    "props-not-object": raw_message(b"[1, 2]"),
-    "user-props-not-pairs": raw_message(b'{"up": [1, 2]}'),
-    "correlation-not-hex": raw_message(b'{"cd": "zz"}'),
-    "content-type-not-string": raw_message(b'{"ct": 5}'),
+    "ascii-topic-past-end": HEAD.pack(1, 1, 0, 0.0, 0.0, 100) + b"tp",
+    "topic-not-utf8": raw_message(topic=b"\xff\xfe"),
+    "content-type-missing": raw_message(F_CT),
+    "content-type-past-end": raw_message(F_CT, struct.pack(">H", 50) + b"text"),
+    "content-type-not-utf8": raw_message(F_CT, s16(b"\xc3\x28")),
+    "correlation-missing": raw_message(F_CD, b"\x00"),
+    "origin-not-utf8": raw_message(F_ORIGIN, s16(b"\xed\xa0\x80")),
+    "user-props-count-too-large": raw_message(F_UP, struct.pack(">I", 0xFFFFFFFF) + s16(b"k")),
+    "user-props-value-missing": raw_message(F_UP, struct.pack(">I", 1) + s16(b"k")),
 }
 
 

@@ -1,0 +1,372 @@
+# cython: language_level=3
+"""Durable storage's records of messages and of queue/in-flight entries, in C.
+
+These are written and read for every QoS 1/2 message kept for a persistent session, so they
+are on the hot path of persistent delivery (see docs/performance.md, "persistent QoS 1").
+`fluxmq/storage/records.py` documents the whole layout and re-exports these functions.
+
+Message record (format 1):
+
+    u8 version (1) | u8 qos | u8 flags | f64 expires_at | f64 timestamp | u16 topic length |
+    topic | optional fields, each present when its flag is set:
+        content type (u16 length + UTF-8) | response topic (u16 + UTF-8) |
+        correlation data (u16 + bytes) | origin client id (u16 + UTF-8) |
+        user properties (u32 count, then u16 + name, u16 + value each)
+    | payload (the rest)
+
+flags: 1 retain, 2 payload format set, 4 payload format 1, 8 content type, 16 response topic,
+32 correlation data, 64 user properties, 128 origin.
+
+Entry record: u8 qos | u8 state | u8 flags (1 retain, 2 inline) | u64 message id (0: inline) |
+u8 subscription identifier count | u32 each | the message record when inline.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcpy
+
+from fluxmq._speedups.bufpool cimport WriteBuffer
+from fluxmq._speedups.message cimport Message, new_message
+from fluxmq._speedups.session cimport Inflight
+
+cdef enum:
+    F_RETAIN = 1
+    F_PFI_SET = 2
+    F_PFI_ONE = 4
+    F_CT = 8
+    F_RT = 16
+    F_CD = 32
+    F_UP = 64
+    F_ORIGIN = 128
+    E_RETAIN = 1
+    E_INLINE = 2
+    MSG_HEAD = 21       # version, qos, flags, expires_at, timestamp, topic length
+    ENTRY_HEAD = 12     # qos, state, flags, message id, subscription id count
+
+
+class RecordError(Exception):
+    """Bytes that are not a record of this format (a damaged database)."""
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+cdef inline int _put_f64(WriteBuffer out, double v) except -1:
+    cdef unsigned long long u
+    memcpy(&u, &v, 8)
+    out.put_u32((u >> 32) & 0xFFFFFFFF)
+    out.put_u32(u & 0xFFFFFFFF)
+    return 0
+
+
+cdef inline int _put_u64(WriteBuffer out, unsigned long long v) except -1:
+    out.put_u32((v >> 32) & 0xFFFFFFFF)
+    out.put_u32(v & 0xFFFFFFFF)
+    return 0
+
+
+cdef int write_message(WriteBuffer out, Message m) except -1:
+    cdef int flags = F_RETAIN if m.retain else 0
+    if m.payload_format is not None:
+        flags |= F_PFI_SET | (F_PFI_ONE if m.payload_format else 0)
+    if m.content_type is not None:
+        flags |= F_CT
+    if m.response_topic is not None:
+        flags |= F_RT
+    if m.correlation_data is not None:
+        flags |= F_CD
+    if m.user_properties:
+        flags |= F_UP
+    if m.origin is not None:
+        flags |= F_ORIGIN
+    out.reserve(MSG_HEAD + m._plen + 64)
+    out.put_byte(1)
+    out.put_byte(m.qos)
+    out.put_byte(flags)
+    _put_f64(out, m.expires_at)
+    _put_f64(out, m.timestamp)
+    out.put_prefixed(m.topic)
+    if flags & F_CT:
+        out.put_prefixed(m.content_type)
+    if flags & F_RT:
+        out.put_prefixed(m.response_topic)
+    if flags & F_CD:
+        out.put_prefixed(m.correlation_data)
+    if flags & F_ORIGIN:
+        out.put_prefixed(m.origin)
+    if flags & F_UP:
+        out.put_u32(len(m.user_properties))
+        for k, v in m.user_properties:
+            out.put_prefixed(k)
+            out.put_prefixed(v)
+    out.put(PyBytes_AS_STRING(m._pbuf) + m._poff, m._plen)
+    return 0
+
+
+cpdef bytes encode_message(Message msg):
+    """The message record of msg."""
+    cdef WriteBuffer out = WriteBuffer()
+    write_message(out, msg)
+    return out.take()
+
+
+cpdef bytes encode_entry(Inflight e, unsigned long long msg_id):
+    """An entry: QoS, state, retain, the subscription identifiers, then the message inline
+    (msg_id 0) or the id of its shared body."""
+    cdef WriteBuffer out = WriteBuffer()
+    cdef list ids = e.sub_ids
+    cdef int n = len(ids) if ids else 0
+    cdef int flags = (E_RETAIN if e.retain else 0) | (E_INLINE if msg_id == 0 else 0)
+    if n > 255:
+        raise ValueError("more than 255 subscription identifiers")
+    out.reserve(ENTRY_HEAD + 4 * n)
+    out.put_byte(e.qos)
+    out.put_byte(e.state)
+    out.put_byte(flags)
+    _put_u64(out, msg_id)
+    out.put_byte(n)
+    for i in range(n):
+        out.put_u32(ids[i])
+    if msg_id == 0 and e.msg is not None:
+        write_message(out, e.msg)
+    return out.take()
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+cdef struct Cursor:
+    const unsigned char* p
+    Py_ssize_t pos
+    Py_ssize_t end
+
+
+cdef inline int _need(Cursor* c, Py_ssize_t n) except -1:
+    if c.end - c.pos < n:
+        raise RecordError("record shorter than its contents")
+    return 0
+
+
+cdef inline unsigned int _u16(Cursor* c) except? 0xFFFFFFFF:
+    _need(c, 2)
+    c.pos += 2
+    return (c.p[c.pos - 2] << 8) | c.p[c.pos - 1]
+
+
+cdef inline unsigned long _u32(Cursor* c) except? 0xFFFFFFFF:
+    _need(c, 4)
+    c.pos += 4
+    return ((<unsigned long>c.p[c.pos - 4] << 24) | (c.p[c.pos - 3] << 16)
+            | (c.p[c.pos - 2] << 8) | c.p[c.pos - 1])
+
+
+cdef inline unsigned long long _u64(Cursor* c) except? 0xFFFFFFFFFFFFFFFF:
+    cdef unsigned long long hi = _u32(c)
+    return (hi << 32) | _u32(c)
+
+
+cdef inline double _f64(Cursor* c) except? -1.0:
+    cdef unsigned long long u = _u64(c)
+    cdef double d
+    memcpy(&d, &u, 8)
+    return d
+
+
+cdef inline str _str(Cursor* c):
+    cdef unsigned int n = _u16(c)
+    _need(c, n)
+    c.pos += n
+    try:
+        return PyUnicode_DecodeUTF8(<const char*>(c.p + c.pos - n), n, NULL)
+    except UnicodeDecodeError:
+        raise RecordError("string in a record is not UTF-8")
+
+
+cdef inline bytes _bin(Cursor* c):
+    cdef unsigned int n = _u16(c)
+    _need(c, n)
+    c.pos += n
+    return PyBytes_FromStringAndSize(<const char*>(c.p + c.pos - n), n)
+
+
+cdef Message read_message(bytes data, Py_ssize_t start):
+    """The message record at data[start:]; its payload is a slice of data (no copy)."""
+    cdef Cursor c
+    cdef int version, qos, flags
+    cdef double expires_at, timestamp
+    cdef str topic
+    cdef Message m
+    cdef unsigned long n
+    c.p = <const unsigned char*>PyBytes_AS_STRING(data)
+    c.pos = start
+    c.end = PyBytes_GET_SIZE(data)
+    _need(&c, MSG_HEAD - 2)
+    version = c.p[c.pos]
+    qos = c.p[c.pos + 1]
+    flags = c.p[c.pos + 2]
+    c.pos += 3
+    if version != 1 or qos > 2:
+        raise RecordError(f"message record of version {version}, QoS {qos}")
+    expires_at = _f64(&c)
+    timestamp = _f64(&c)
+    topic = _str(&c)
+    ct = _str(&c) if flags & F_CT else None
+    rt = _str(&c) if flags & F_RT else None
+    cd = _bin(&c) if flags & F_CD else None
+    origin = _str(&c) if flags & F_ORIGIN else None
+    up = None
+    if flags & F_UP:
+        n = _u32(&c)
+        if n > <unsigned long>(c.end - c.pos) // 4:
+            raise RecordError("user property count larger than the record")
+        up = []
+        for _ in range(n):
+            k = _str(&c)
+            up.append((k, _str(&c)))
+    m = new_message(topic, data, c.pos, c.end - c.pos, qos, flags & F_RETAIN)
+    if flags & F_PFI_SET:
+        m.payload_format = 1 if flags & F_PFI_ONE else 0
+    m.expires_at = expires_at
+    m.timestamp = timestamp
+    m.content_type = ct
+    m.response_topic = rt
+    m.correlation_data = cd
+    m.origin = origin
+    m.user_properties = up
+    return m
+
+
+cdef bytes _as_bytes(object data):
+    if type(data) is bytes:
+        return <bytes>data
+    return bytes(data)
+
+
+cpdef Message decode_message(object data):
+    """The Message of a message record (bytes or any buffer)."""
+    return read_message(_as_bytes(data), 0)
+
+
+cpdef tuple decode_entry(object data, object bodies):
+    """(entry, shared message id or 0). `bodies(msg_id)` returns the shared Message."""
+    cdef bytes b = _as_bytes(data)
+    cdef Cursor c
+    cdef int qos, state, flags, n
+    cdef unsigned long long msg_id
+    cdef list sub_ids = None
+    cdef Inflight e
+    c.p = <const unsigned char*>PyBytes_AS_STRING(b)
+    c.pos = 0
+    c.end = PyBytes_GET_SIZE(b)
+    _need(&c, ENTRY_HEAD)
+    qos = c.p[0]
+    state = c.p[1]
+    flags = c.p[2]
+    c.pos = 3
+    msg_id = _u64(&c)
+    n = c.p[c.pos]
+    c.pos += 1
+    if qos < 1 or qos > 2 or state > 2:
+        raise RecordError(f"queue entry of QoS {qos}, state {state}")
+    if n:
+        _need(&c, 4 * n)
+        sub_ids = [_u32(&c) for _ in range(n)]
+    e = Inflight.__new__(Inflight)
+    e.qos = qos
+    e.state = state
+    e.retain = (flags & E_RETAIN) != 0
+    e.sub_ids = sub_ids
+    if flags & E_INLINE:
+        e.msg = read_message(b, c.pos) if c.pos < c.end else None
+        return e, 0
+    e.msg = bodies(msg_id)
+    return e, msg_id
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+cpdef bytes client_prefix(str client_id):
+    return client_id.encode() + b"\x00"
+
+
+cpdef bytes seq_key(str client_id, unsigned long long seq):
+    cdef WriteBuffer out = WriteBuffer()
+    out.put_bytes(client_id)
+    out.put_byte(0)
+    _put_u64(out, seq)
+    return out.take()
+
+
+cpdef bytes pid_key(str client_id, unsigned int packet_id):
+    cdef WriteBuffer out = WriteBuffer()
+    out.put_bytes(client_id)
+    out.put_byte(0)
+    out.put_u16(packet_id)
+    return out.take()
+
+
+# -- the journal: one record per loop turn of the changes it made ---------------------------------
+
+cdef class Journal:
+    """A turn's changes in order, serialized as they happen: for each, u8 database (its high
+    bit set for a delete), u16 key length, key, and for a put u32 value length and value."""
+
+    cdef WriteBuffer _buf
+    cdef public Py_ssize_t count
+
+    def __init__(self):
+        self._buf = WriteBuffer()
+        self.count = 0
+
+    cpdef put(self, int db, bytes key, bytes value):
+        cdef WriteBuffer b = self._buf
+        b.reserve(7 + len(key) + len(value))
+        b.put_byte(db)
+        b.put_u16(len(key))
+        b.put(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        b.put_u32(len(value))
+        b.put(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        self.count += 1
+
+    cpdef delete(self, int db, bytes key):
+        cdef WriteBuffer b = self._buf
+        b.reserve(3 + len(key))
+        b.put_byte(db | 0x80)
+        b.put_u16(len(key))
+        b.put(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        self.count += 1
+
+    cpdef bytes take(self):
+        """The serialized changes (the journal is empty afterwards)."""
+        self.count = 0
+        return self._buf.take()
+
+    def __len__(self):
+        return self.count
+
+
+def replay(object data):
+    """The changes of a journal record, in order: (database, key, value or None)."""
+    cdef bytes b = _as_bytes(data)
+    cdef Cursor c
+    cdef int db
+    cdef unsigned int klen
+    cdef unsigned long vlen
+    cdef list out = []
+    c.p = <const unsigned char*>PyBytes_AS_STRING(b)
+    c.pos = 0
+    c.end = PyBytes_GET_SIZE(b)
+    while c.pos < c.end:
+        db = c.p[c.pos]
+        c.pos += 1
+        klen = _u16(&c)
+        _need(&c, klen)
+        key = PyBytes_FromStringAndSize(<const char*>(c.p + c.pos), klen)
+        c.pos += klen
+        if db & 0x80:
+            out.append((db & 0x7F, key, None))
+            continue
+        vlen = _u32(&c)
+        _need(&c, vlen)
+        out.append((db, key, PyBytes_FromStringAndSize(<const char*>(c.p + c.pos), vlen)))
+        c.pos += vlen
+    return out
