@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
+import http.server as http_server
 import json
 import os
 import queue
@@ -204,7 +204,7 @@ class Recorder:
         self.answer = answer or (lambda path, body: (200, {"ok": True}))
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(http_server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -229,7 +229,7 @@ class Recorder:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.server = http_server.ThreadingHTTPServer((HOST, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://{HOST}:{self.port}"
