@@ -201,6 +201,7 @@ class Recorder:
 
     def __init__(self, answer=None) -> None:
         self.posts: list[tuple[str, dict, dict]] = []
+        self.arrivals: list[tuple[str, float]] = []
         self.answer = answer or (lambda path, body: (200, {"ok": True}))
         outer = self
 
@@ -215,6 +216,7 @@ class Recorder:
                 except ValueError:
                     body = {"raw": raw.decode(errors="replace")}
                 outer.posts.append((self.path, body, dict(self.headers)))
+                outer.arrivals.append((self.path, time.monotonic()))
                 status, reply = outer.answer(self.path, body)
                 data = json.dumps(reply).encode()
                 try:
