@@ -31,7 +31,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 def test_metrics_follow_the_traffic(broker_factory, clients, tmp_path):
     pw = tmp_path / "pw"
     mosquitto_passwd(pw, "alice", "alice")
-    b, ports = start(broker_factory, {"auth": {"password_file": str(pw)},
+    _b, ports = start(broker_factory, {"auth": {"password_file": str(pw)},
                                       "broker": {"sys_interval": 0}}, health=True)  # fmt: skip
     key = ("fluxmq_connections", (("listener", "tcp"),))
     assert wait_until(lambda: scrape(ports["health"])[key] == 0)  # the port probe went away
@@ -42,7 +42,7 @@ def test_metrics_follow_the_traffic(broker_factory, clients, tmp_path):
     assert pub.connect(ports["tcp"], "alice", "alice") == 0
     for i in range(50):
         pub.publish(f"m/{i % 5}", b"0123456789", qos=0)
-    for i in range(20):
+    for _ in range(20):
         assert pub.publish("m/q1", b"x" * 100, qos=1) == 0
     pub.publish("m/kept", b"r", qos=1, retain=True)
     assert wait_until(lambda: sub.messages.qsize() >= 71)

@@ -71,7 +71,7 @@ def test_every_event_is_emitted(broker_factory, clients, recorder, tmp_path, mon
         if body["event_type"] != "message.retained":
             assert body["data"]["client_id"] in ("hooked", "intruder"), body
     assert all(h.get("X-Token") == "tok-123" for _, _, h in r.posts)
-    pub = [e["data"] for e in by_type["message.published"] if e["data"]["topic"] == "a/1"][0]
+    pub = next(e["data"] for e in by_type["message.published"] if e["data"]["topic"] == "a/1")
     assert pub == {"client_id": "hooked", "topic": "a/1", "qos": 1, "retained": True,
                    "payload_size": 5, "payload": "aGVsbG8="}  # fmt: skip
     assert by_type["message.delivered"][0]["data"]["client_id"] == "hooked"
