@@ -230,7 +230,7 @@ class AdminAPI:
             "uptime_seconds": int(time.time() - b.stats.started_at),
             "clients": {"connected": connected, "sessions": total},
             "subscriptions": b.dispatcher.subscription_count,
-            "retained": len(b.retained),
+            "retained": b.retained.count,
             "counters": c.as_dict(),
             "publish_by_qos": c.by_qos(),
         }

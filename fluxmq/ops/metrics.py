@@ -157,7 +157,7 @@ class _Collector:
             broker.dispatcher.subscription_count,
         )
         yield GaugeMetricFamily(
-            "fluxmq_retained_messages", "Retained messages.", len(broker.retained)
+            "fluxmq_retained_messages", "Retained messages ($SYS excluded).", broker.retained.count
         )
         online = sum(1 for s in sessions if s.outlet is not None)
         sg = GaugeMetricFamily("fluxmq_sessions", "Sessions, by state.", labels=["state"])
