@@ -72,14 +72,14 @@ def reload(node) -> tuple[bool, str]:
     if cfg.ratelimit != old.ratelimit:
         apply_rate_limits(node, cfg)
         changed.append("ratelimit")
-    if cfg.webhook != old.webhook or cfg.cluster.node_id != old.cluster.node_id:
+    if cfg.webhook != old.webhook:
         previous = node.webhooks
         node.set_webhooks(Webhooks(cfg.webhook, old.cluster.node_id))
         if previous is not None:
             asyncio.get_running_loop().create_task(previous.stop())
         changed.append("webhook")
-    if cfg.log != old.log:
-        setup_logging(cfg.log.level, cfg.log.format)
+    log_changed = cfg.log != old.log
+    if log_changed:
         changed.append("log")
     node.reload_tls()
     later = _restart_needed(old, cfg)
@@ -92,6 +92,8 @@ def reload(node) -> tuple[bool, str]:
         "configuration reloaded",
         extra={"changed": ",".join(changed), "needs_restart": ",".join(later)},
     )
+    if log_changed:  # last, so that the line above still follows the old settings
+        setup_logging(cfg.log.level, cfg.log.format)
     return True, message
 
 
