@@ -202,6 +202,9 @@ class FluxMQ(Broker):
             "  http:\n"
             "    plain:\n"
             '      addr: ""\n'
+            "  coap:\n"
+            "    plain:\n"
+            '      addr: ""\n'
             '  health_addr: ""\n'
             "log:\n"
             "  level: warning\n"

@@ -78,7 +78,7 @@ def test_ready_is_503_until_every_listener_is_bound(tmp_path, monkeypatch):
     cfg = {
         "server": {"tcp": {"plain": {"addr": f"{HOST}:{mqtt_port}"}},
                    "websocket": {"plain": {"addr": ""}}, "http": {"plain": {"addr": ""}},
-                   "health_addr": f"{HOST}:{health}"},
+                   "coap": {"plain": {"addr": ""}}, "health_addr": f"{HOST}:{health}"},
         "log": {"level": "warning"},
     }  # fmt: skip
     with InProcessNode(tmp_path, cfg, wait_started=False) as n:

@@ -240,6 +240,7 @@ def _serve(tmp_path, section: dict, path=("tcp", "tls")) -> subprocess.Completed
             "tcp": {"plain": {"addr": f"{HOST}:{free_port()}"}},
             "websocket": {"plain": {"addr": ""}},
             "http": {"plain": {"addr": ""}},
+            "coap": {"plain": {"addr": ""}},
             "health_addr": "",
         },
         "log": {"level": "error"},
@@ -319,7 +320,8 @@ def test_check_config_reports_tls_errors(tmp_path, certs):
 
 def _inproc_cfg() -> dict:
     server = {"tcp": {"plain": {"addr": ""}}, "websocket": {"plain": {"addr": ""}},
-              "http": {"plain": {"addr": ""}}, "health_addr": ""}  # fmt: skip
+              "http": {"plain": {"addr": ""}}, "coap": {"plain": {"addr": ""}},
+              "health_addr": ""}  # fmt: skip
     return {"server": server, "log": {"level": "warning"}}
 
 
