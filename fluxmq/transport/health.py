@@ -41,7 +41,8 @@ class Health:
             if ready:
                 warnings = details.get("warnings")
                 if warnings:  # e.g. reachable from other machines with no authentication
-                    return json_response(200, {"status": "ready", "details": {"warnings": warnings}})
+                    body = {"status": "ready", "details": {"warnings": warnings}}
+                    return json_response(200, body)
                 return json_response(200, {"status": "ready"})
             return json_response(503, {"status": "not_ready", "details": details})
         return json_response(200, self.node.cluster_status())
