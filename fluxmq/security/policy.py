@@ -64,33 +64,43 @@ def _host_is_loopback(host: str) -> bool:
 
 
 def bound_hosts(cfg) -> list[str]:
-    """The hosts the client listeners (MQTT over TCP and WebSocket, the HTTP bridge) bind;
-    "" = every interface."""
+    """The hosts the client listeners (MQTT over TCP and WebSocket, the HTTP bridge, CoAP)
+    bind; "" = every interface."""
+    return [addr[0] for addr in _client_listeners(cfg)]
+
+
+# Client listener groups and their slots (CoAP's are plain, dtls and mdtls).
+_GROUPS = (
+    ("tcp", ("plain", "tls", "mtls")),
+    ("websocket", ("plain", "tls", "mtls")),
+    ("http", ("plain", "tls", "mtls")),
+    ("coap", ("plain", "dtls", "mdtls")),
+)
+
+
+def _client_listeners(cfg) -> list[tuple[str, int]]:
     from fluxmq.config import parse_addr
 
-    hosts = []
-    for kind in ("tcp", "websocket", "http"):
-        group = getattr(cfg.server, kind)
-        for mode in ("plain", "tls", "mtls"):
-            addr = parse_addr(getattr(group, mode).addr)
+    out = []
+    for kind, modes in _GROUPS:
+        group = getattr(cfg.server, kind, None)
+        for mode in modes if group is not None else ():
+            slot = getattr(group, mode, None)
+            addr = parse_addr(slot.addr) if slot is not None else None
             if addr is not None:
-                hosts.append(addr[0])
-    return hosts
+                out.append(addr)
+    return out
 
 
 def security_warnings(cfg, sec: SecurityConfig) -> list[str]:
     """The loud warnings of a broker reachable from other machines with no authentication."""
-    from fluxmq.config import parse_addr
-
     if sec.loopback_only or sec.authenticates:
         return []
-    exposed = []
-    for kind in ("tcp", "websocket", "http"):
-        group = getattr(cfg.server, kind)
-        for mode in ("plain", "tls", "mtls"):
-            addr = parse_addr(getattr(group, mode).addr)
-            if addr is not None and not _host_is_loopback(addr[0]):
-                exposed.append(f"{addr[0] or '*'}:{addr[1]}")
+    exposed = [
+        f"{host or '*'}:{port}"
+        for host, port in _client_listeners(cfg)
+        if not _host_is_loopback(host)
+    ]
     where = ", ".join(exposed)
     if sec.allow_anonymous is True:
         return [
