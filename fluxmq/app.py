@@ -29,7 +29,7 @@ from fluxmq.transport.listeners import build_health, build_listeners
 
 log = logging.getLogger("fluxmq")
 
-SHUTDOWN_GRACE = 5.0  # seconds to let clients read their DISCONNECT before exiting
+SHUTDOWN_GRACE = 2.0  # seconds to let clients read their DISCONNECT and close before exiting
 
 
 class StartupError(Exception):

@@ -36,6 +36,7 @@ cdef class OutBuffer(WriteBuffer):
     cpdef bytes take_held(self)
     cpdef int write_held(self, bytes data) except -1
     cpdef int close(self) except -1
+    cdef int _finish(self) except -1
 
 
 cdef class Flusher:

@@ -235,7 +235,7 @@ cdef class OutBuffer(WriteBuffer):
         if self.length == 0 or self.paused:
             if self.close_when_drained and self.held == 0 and self.length == 0 \
                     and self.transport is not None:
-                self.transport.close()
+                self._finish()
             return 0
         if self.closed or self.transport is None:
             self.release()
@@ -246,7 +246,18 @@ cdef class OutBuffer(WriteBuffer):
         self.release()
         self.transport.write(chunk)
         if self.close_when_drained and self.held == 0:
-            self.transport.close()
+            self._finish()
+        return 0
+
+    cdef int _finish(self) except -1:
+        """After the last output: half-close (the client still reads what we sent, e.g. our
+        DISCONNECT, even if it keeps writing for a moment), or close where that is impossible."""
+        cdef object t = self.transport
+        can = getattr(t, "can_write_eof", None)
+        if can is not None and can():
+            t.write_eof()
+        else:
+            t.close()
         return 0
 
     cpdef bytes take_held(self):
@@ -266,7 +277,7 @@ cdef class OutBuffer(WriteBuffer):
             self.bytes_out += len(data)
             self.transport.write(data)
         if self.held == 0 and self.close_when_drained and self.length == 0:
-            self.transport.close()
+            self._finish()
         return 0
 
     cpdef int close(self) except -1:
@@ -279,7 +290,7 @@ cdef class OutBuffer(WriteBuffer):
         self.close_when_drained = True
         self.paused = False
         if self.length == 0 and self.held == 0 and not self.dirty:
-            self.transport.close()
+            self._finish()
             return 0
         self.mark()
         return 0

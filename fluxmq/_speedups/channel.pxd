@@ -41,6 +41,7 @@ cdef class ChannelCore(Outlet):
     cdef public int keepalive              # agreed keep-alive in seconds (0 = none)
     cdef public double last_rx             # monotonic time of the last bytes received
     cdef public double opened_at           # monotonic time the transport came up
+    cdef public double closed_at           # monotonic time close() began (0: open)
     cdef public Py_ssize_t client_max_packet   # the client's Maximum Packet Size (0 = none)
     cdef public int client_alias_max       # the client's Topic Alias Maximum
     cdef public bint problem_info          # the client wants reason strings
@@ -48,6 +49,7 @@ cdef class ChannelCore(Outlet):
     cdef public set authz_ok               # topics authz allowed (cleared when the ACL changes)
     cdef public int close_reason           # why it ended (MQTT 5 reason code; 0 = normal)
     cdef public bint will_wanted           # publish the will when the connection ends
+    cdef bint _ended                       # on_closed() has run
     cdef public TokenBucket msg_limit      # ratelimit.message: PUBLISH packets (None = off)
     cdef public TokenBucket sub_limit      # ratelimit.subscribe: SUBSCRIBE filters (None = off)
     cdef public int blocked                # sessions this publisher waits on (back-pressure)
@@ -65,4 +67,5 @@ cdef class ChannelCore(Outlet):
     cdef int _wire_publish(self, Message msg, int qos, int packet_id, bint dup, bint retain,
                            object sub_ids, long expiry) except -1
     cpdef int send(self, Packet pkt) except -1
+    cdef int _end(self, object exc) except -1
     cpdef int close(self, int reason=*, str message=*) except -1

@@ -30,9 +30,12 @@ from fluxmq._speedups.message cimport Message
 from fluxmq._speedups.ratelimit cimport TokenBucket
 from fluxmq._speedups.session cimport Outlet, Session, take_congested
 
+import asyncio
 import time
 
 from fluxmq._speedups.codec import MQTTError, ProtocolError, MalformedPacket
+
+LINGER = 2.0   # seconds a closed connection stays half-open for the client to read our last packet
 
 
 cdef inline double monotonic() noexcept:
@@ -187,8 +190,20 @@ cdef class ChannelCore(Outlet):
             self.release_all()
         if self.out is not None:
             self.out.detach_transport()
-        self.on_closed(exc)
+        self._end(exc)
         self.transport = None
+
+    cdef int _end(self, object exc) except -1:
+        """The connection is over for the broker (closing began, or the peer went away): the
+        session is detached and the will handled now, once, whatever the socket still does."""
+        if not self._ended:
+            self._ended = True
+            self.on_closed(exc)
+        return 0
+
+    def _linger_expired(self):
+        if self.state == ST_CLOSING and self.transport is not None:
+            self.transport.abort()
 
     def pause_writing(self):
         if self.out is not None:
@@ -517,8 +532,12 @@ cdef class ChannelCore(Outlet):
                 props.reason_string = message
             self.send(Disconnect(reason, props))
         self.state = ST_CLOSING
+        self.closed_at = monotonic()
         if self.transport is not None:
             self.out.close()
+            # Half-closed after our last packet: the client closes, or we drop it after LINGER.
+            asyncio.get_event_loop().call_later(LINGER, self._linger_expired)
+        self._end(None)
         return 0
 
     # -- defaults for the subclass hooks ------------------------------------------------------------
