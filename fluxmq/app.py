@@ -192,6 +192,7 @@ class Node:
                 if conn.client_id is not None and conn.session is not None:
                     conn.authz = broker.hooks.publish_hook(conn.client_id)
                     conn.authz_ok = None
+                    conn.authz_last = None
         self.warnings = security_warnings(self.cfg, sec)
         for w in self.warnings:
             log.warning("SECURITY WARNING: %s", w)

@@ -47,6 +47,7 @@ cdef class ChannelCore(Outlet):
     cdef public bint problem_info          # the client wants reason strings
     cdef public object authz               # publish authoriser hook: (channel, msg) -> reason
     cdef public set authz_ok               # topics authz allowed (cleared when the ACL changes)
+    cdef public object authz_last          # the last topic allowed (the same str: no look-up)
     cdef public int close_reason           # why it ended (MQTT 5 reason code; 0 = normal)
     cdef public bint will_wanted           # publish the will when the connection ends
     cdef bint _ended                       # on_closed() has run

@@ -280,17 +280,21 @@ cdef class ChannelCore(Outlet):
         elif msg.topic.startswith("$SYS"):
             reason = 0x87
             why = "clients may not publish to $SYS topics"
-        elif self.authz is not None and (self.authz_ok is None or msg.topic not in self.authz_ok):
-            reason = self.authz(self, msg)
-            if reason:
-                why = "not authorized"
-            else:
-                # Allowed: remember the topic, so that the next publish costs a set look-up.
-                if self.authz_ok is None:
-                    self.authz_ok = set()
-                elif len(self.authz_ok) >= 4096:
-                    self.authz_ok.clear()
-                self.authz_ok.add(msg.topic)
+        elif self.authz is not None and msg.topic is not self.authz_last:
+            # The decoder hands out the same str while a publisher keeps its topic: then the
+            # check above is all. Otherwise a set look-up, and the hook for a new topic.
+            if self.authz_ok is None or msg.topic not in self.authz_ok:
+                reason = self.authz(self, msg)
+                if reason:
+                    why = "not authorized"
+                else:
+                    if self.authz_ok is None:
+                        self.authz_ok = set()
+                    elif len(self.authz_ok) >= 4096:
+                        self.authz_ok.clear()
+                    self.authz_ok.add(msg.topic)
+            if reason == 0:
+                self.authz_last = msg.topic
         if reason == 0:
             msg.origin = self.client_id
             n = self.dispatcher.publish(msg)

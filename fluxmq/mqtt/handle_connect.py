@@ -206,6 +206,7 @@ def _accept(conn, pkt, info, props, keepalive, server_keepalive, expiry, returne
     hooks.client_connected(info, result.present)
     conn.authz = hooks.publish_hook(client_id)
     conn.authz_ok = None
+    conn.authz_last = None
     log.info(
         "client connected",
         extra={"client_id": client_id, "remote": conn.remote, "username": username,
