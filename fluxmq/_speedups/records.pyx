@@ -296,6 +296,12 @@ cpdef bytes seq_key(str client_id, unsigned long long seq):
     return out.take()
 
 
+cdef bytes u64(unsigned long long v):
+    cdef WriteBuffer out = WriteBuffer()
+    _put_u64(out, v)
+    return out.take()
+
+
 cpdef bytes pid_key(str client_id, unsigned int packet_id):
     cdef WriteBuffer out = WriteBuffer()
     out.put_bytes(client_id)
@@ -309,9 +315,6 @@ cpdef bytes pid_key(str client_id, unsigned int packet_id):
 cdef class Journal:
     """A turn's changes in order, serialized as they happen: for each, u8 database (its high
     bit set for a delete), u16 key length, key, and for a put u32 value length and value."""
-
-    cdef WriteBuffer _buf
-    cdef public Py_ssize_t count
 
     def __init__(self):
         self._buf = WriteBuffer()

@@ -46,6 +46,7 @@ import lmdb
 from fluxmq._speedups.message import Message
 from fluxmq._speedups.records import Journal, replay
 from fluxmq._speedups.session import Inflight, Session, Subscription
+from fluxmq._speedups.storecore import StoreCore
 from fluxmq.storage import records as R
 from fluxmq.storage.base import StorageError
 
@@ -82,25 +83,19 @@ class Loaded:
     retained: list[Message]
 
 
-class LMDBStore:
+class LMDBStore(StoreCore):
     """The LMDB store; one per broker process and data directory."""
 
     durable = True
 
     def __init__(self, path: str, fsync: str = "interval", fsync_interval: float = 1.0) -> None:
+        super().__init__()  # the per-message state (StoreCore): _acc, _fresh, _journal, _refs
         self.path = Path(path)
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self.env: lmdb.Environment | None = None
         self.dbs: list = []
         self._lock_file = None
-        # Changes since the last compaction snapshot, per database (key -> value, None: delete),
-        # and the keys among them inserted since then (not in the main database: a delete of one
-        # of these cancels the insert, and neither ever reaches the B-tree).
-        self._acc: list[dict[bytes, bytes | None]] = [{} for _ in _NAMES]
-        self._fresh: list[set[bytes]] = [set() for _ in _NAMES]
-        self._acc_bytes = 0
-        self._journal = Journal()  # this turn's changes, in order
         self._next_journal = 1
         self._last_journal = 0
         self._snap: list[tuple[int, bytes, bytes | None]] = []  # being applied, in chunks
@@ -108,10 +103,6 @@ class LMDBStore:
         self._snap_upto = 0  # journals up to this id are redundant once _snap is applied
         self._last_compact = time.monotonic()
         self._kept: list[tuple[int, bytes]] = []  # journals not written (the disk is full)
-        self._refs: dict[int, int] = {}
-        self._next_seq = 1
-        self._next_msg = 1
-        self.flusher = None  # set by attach(); requests an end-of-turn commit
         self.loop: asyncio.AbstractEventLoop | None = None
         self.full = False
         self.on_full: Callable[[bool], None] | None = None
@@ -340,113 +331,14 @@ class LMDBStore:
 
     # -- changes (called during a turn) ------------------------------------------------------------
 
-    def _insert(self, db: int, key: bytes, value: bytes) -> None:
-        """A key that is not in the database (queue and in-flight entries, bodies)."""
-        acc = self._acc[db]
-        if key not in acc:
-            self._fresh[db].add(key)
-        acc[key] = value
-        self._acc_bytes += len(value)
-        self._journal.put(db, key, value)
-        self._touch()
-
-    def _put(self, db: int, key: bytes, value: bytes) -> None:
-        """Insert or replace."""
-        self._acc[db][key] = value
-        self._acc_bytes += len(value)
-        self._journal.put(db, key, value)
-        self._touch()
-
-    def _delete(self, db: int, key: bytes) -> None:
-        fresh = self._fresh[db]
-        if key in fresh:  # inserted since the last compaction: it never reaches the B-tree
-            fresh.discard(key)
-            del self._acc[db][key]
-        else:
-            self._acc[db][key] = None
-        self._journal.delete(db, key)
-        self._touch()
-
-    def _touch(self) -> None:
-        if self._journal.count == 1 and self.flusher is not None:
-            self.flusher.request()
-
     def _reset_changes(self) -> None:
         self._acc = [{} for _ in _NAMES]
         self._fresh = [set() for _ in _NAMES]
         self._acc_bytes = 0
         self._journal = Journal()
 
-    def _entry(self, e: Inflight) -> bytes:
-        msg = e.msg
-        if msg is None or (msg.fanout <= 1 and not msg.store_id):
-            return R.encode_entry(e, 0)
-        if not msg.store_id:
-            msg.store_id = self._next_msg
-            self._next_msg += 1
-            self._insert(MSGS, R.u64(msg.store_id), R.encode_message(msg))
-            self._refs[msg.store_id] = 0
-        self._refs[msg.store_id] += 1
-        return R.encode_entry(e, msg.store_id)
-
-    def _unref(self, msg: Message | None) -> None:
-        if msg is None or not msg.store_id:
-            return
-        n = self._refs.get(msg.store_id, 0) - 1
-        if n <= 0:
-            self._refs.pop(msg.store_id, None)
-            self._delete(MSGS, R.u64(msg.store_id))
-            msg.store_id = 0
-        else:
-            self._refs[msg.store_id] = n
-
-    # Session hooks (fluxmq._speedups.session).
-    def queued(self, session: Session, e: Inflight) -> None:
-        e.key = R.seq_key(session.client_id, self._next_seq)
-        self._next_seq += 1
-        e.stored = self._entry(e)
-        self._insert(QUEUE, e.key, e.stored)
-
-    def moved(self, session: Session, packet_id: int, e: Inflight) -> None:
-        """A queued entry was sent: the same record, now in flight under its packet id (the
-        message keeps its reference; only the state byte changes)."""
-        if e.key is not None:
-            self._delete(QUEUE, e.key)
-        raw = e.stored
-        e.stored = None
-        e.key = R.pid_key(session.client_id, packet_id)
-        if raw is None:  # same references as before: the shared body (if any) stays counted once
-            msg = e.msg
-            raw = R.encode_entry(e, msg.store_id if msg is not None else 0)
-            self._insert(INFLIGHT, e.key, raw)
-        else:
-            self._insert(INFLIGHT, e.key, raw[:1] + b"\x01" + raw[2:])
-
-    def unqueued(self, session: Session, e: Inflight) -> None:
-        if e.key is not None:
-            self._delete(QUEUE, e.key)
-            e.key = None
-        e.stored = None
-        self._unref(e.msg)
-
-    def inflight(self, session: Session, packet_id: int, e: Inflight) -> None:
-        e.key = R.pid_key(session.client_id, packet_id)
-        self._insert(INFLIGHT, e.key, self._entry(e))
-
-    def released(self, session: Session, packet_id: int, e: Inflight) -> None:
-        self._unref(e.msg)
-        e.msg = None
-        self._put(INFLIGHT, R.pid_key(session.client_id, packet_id), R.encode_entry(e, 0))
-
-    def acked(self, session: Session, packet_id: int, e: Inflight) -> None:
-        self._delete(INFLIGHT, R.pid_key(session.client_id, packet_id))
-        self._unref(e.msg)
-
-    def rel_added(self, session: Session, packet_id: int) -> None:
-        self._insert(REL, R.pid_key(session.client_id, packet_id), b"")
-
-    def rel_removed(self, session: Session, packet_id: int) -> None:
-        self._delete(REL, R.pid_key(session.client_id, packet_id))
+    # The per-message hooks (queued, moved, unqueued, inflight, released, acked, rel_added,
+    # rel_removed) and _insert/_put/_delete are StoreCore's (fluxmq/_speedups/storecore.pyx).
 
     def load_spilled(self, session: Session, n: int) -> list[Inflight]:
         """The oldest `n` queued entries of a session that are on disk only."""

@@ -1,0 +1,30 @@
+# The per-message part of durable storage (see storecore.pyx).
+
+from fluxmq._speedups.message cimport Message
+from fluxmq._speedups.records cimport Journal
+from fluxmq._speedups.session cimport Inflight, Session
+
+cdef class StoreCore:
+    cdef public list _acc                 # per database: key -> value, None = delete
+    cdef public list _fresh               # per database: keys inserted since the last snapshot
+    cdef public Py_ssize_t _acc_bytes
+    cdef public Journal _journal          # this turn's changes, in order
+    cdef public dict _refs                # shared body id -> entries referring to it
+    cdef public unsigned long long _next_seq
+    cdef public unsigned long long _next_msg
+    cdef public object flusher
+
+    cpdef _insert(self, int db, bytes key, bytes value)
+    cpdef _put(self, int db, bytes key, bytes value)
+    cpdef _delete(self, int db, bytes key)
+    cdef int _touch(self) except -1
+    cdef bytes _entry(self, Inflight e)
+    cpdef _unref(self, Message msg)
+    cpdef queued(self, Session session, Inflight e)
+    cpdef moved(self, Session session, int packet_id, Inflight e)
+    cpdef unqueued(self, Session session, Inflight e)
+    cpdef inflight(self, Session session, int packet_id, Inflight e)
+    cpdef released(self, Session session, int packet_id, Inflight e)
+    cpdef acked(self, Session session, int packet_id, Inflight e)
+    cpdef rel_added(self, Session session, int packet_id)
+    cpdef rel_removed(self, Session session, int packet_id)

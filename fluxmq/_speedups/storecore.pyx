@@ -1,0 +1,146 @@
+# cython: language_level=3
+"""The per-message part of durable storage, in C.
+
+A persistent session tells its store about every QoS 1/2 message it queues, sends, is
+acknowledged for or releases (the hooks below, called from session.pyx). Each change is appended
+to the turn's journal and gathered in `_acc`, where a key inserted since the last compaction and
+deleted again cancels out. `fluxmq.storage.lmdb_store.LMDBStore` extends this class with
+opening, loading, committing and compaction, which are not per message.
+"""
+
+from fluxmq._speedups.message cimport Message
+from fluxmq._speedups.records cimport Journal, encode_entry, encode_message, seq_key, pid_key, u64
+from fluxmq._speedups.session cimport Inflight, Session
+
+# Database indexes (as in fluxmq/storage/lmdb_store.py).
+cdef enum:
+    META = 0
+    SESSIONS = 1
+    WILLS = 2
+    SUBS = 3
+    QUEUE = 4
+    INFLIGHT = 5
+    REL = 6
+    MSGS = 7
+    RETAINED = 8
+    NDB = 9
+
+
+cdef class StoreCore:
+    def __init__(self):
+        self._acc = [{} for _ in range(NDB)]
+        self._fresh = [set() for _ in range(NDB)]
+        self._acc_bytes = 0
+        self._journal = Journal()
+        self._refs = {}
+        self._next_seq = 1
+        self._next_msg = 1
+        self.flusher = None
+
+    # -- changes -----------------------------------------------------------------------------
+
+    cpdef _insert(self, int db, bytes key, bytes value):
+        """A key that is not in the database (queue and in-flight entries, bodies)."""
+        cdef dict acc = <dict>self._acc[db]
+        if key not in acc:
+            (<set>self._fresh[db]).add(key)
+        acc[key] = value
+        self._acc_bytes += len(value)
+        self._journal.put(db, key, value)
+        self._touch()
+
+    cpdef _put(self, int db, bytes key, bytes value):
+        """Insert or replace."""
+        (<dict>self._acc[db])[key] = value
+        self._acc_bytes += len(value)
+        self._journal.put(db, key, value)
+        self._touch()
+
+    cpdef _delete(self, int db, bytes key):
+        cdef set fresh = <set>self._fresh[db]
+        if key in fresh:  # inserted since the last compaction: it never reaches the B-tree
+            fresh.discard(key)
+            del (<dict>self._acc[db])[key]
+        else:
+            (<dict>self._acc[db])[key] = None
+        self._journal.delete(db, key)
+        self._touch()
+
+    cdef int _touch(self) except -1:
+        if self._journal.count == 1 and self.flusher is not None:
+            self.flusher.request()
+        return 0
+
+    cdef bytes _entry(self, Inflight e):
+        """The entry record; a message delivered to several sessions gets a shared body."""
+        cdef Message msg = e.msg
+        if msg is None or (msg.fanout <= 1 and msg.store_id == 0):
+            return encode_entry(e, 0)
+        if msg.store_id == 0:
+            msg.store_id = self._next_msg
+            self._next_msg += 1
+            self._insert(MSGS, u64(msg.store_id), encode_message(msg))
+            self._refs[msg.store_id] = 0
+        self._refs[msg.store_id] += 1
+        return encode_entry(e, msg.store_id)
+
+    cpdef _unref(self, Message msg):
+        cdef object n
+        if msg is None or msg.store_id == 0:
+            return
+        n = self._refs.get(msg.store_id, 0) - 1
+        if n <= 0:
+            self._refs.pop(msg.store_id, None)
+            self._delete(MSGS, u64(msg.store_id))
+            msg.store_id = 0
+        else:
+            self._refs[msg.store_id] = n
+
+    # -- session hooks (fluxmq._speedups.session) ----------------------------------------------
+
+    cpdef queued(self, Session session, Inflight e):
+        e.key = seq_key(session.client_id, self._next_seq)
+        self._next_seq += 1
+        e.stored = self._entry(e)
+        self._insert(QUEUE, e.key, e.stored)
+
+    cpdef moved(self, Session session, int packet_id, Inflight e):
+        """A queued entry was sent: the same record, now in flight under its packet id (the
+        message keeps its reference; only the state byte changes)."""
+        cdef bytes raw = e.stored
+        cdef Message msg = e.msg
+        if e.key is not None:
+            self._delete(QUEUE, e.key)
+        e.stored = None
+        e.key = pid_key(session.client_id, packet_id)
+        if raw is None:  # same references as before: a shared body stays counted once
+            raw = encode_entry(e, msg.store_id if msg is not None else 0)
+            self._insert(INFLIGHT, e.key, raw)
+        else:
+            self._insert(INFLIGHT, e.key, raw[:1] + b"\x01" + raw[2:])
+
+    cpdef unqueued(self, Session session, Inflight e):
+        if e.key is not None:
+            self._delete(QUEUE, e.key)
+            e.key = None
+        e.stored = None
+        self._unref(e.msg)
+
+    cpdef inflight(self, Session session, int packet_id, Inflight e):
+        e.key = pid_key(session.client_id, packet_id)
+        self._insert(INFLIGHT, e.key, self._entry(e))
+
+    cpdef released(self, Session session, int packet_id, Inflight e):
+        self._unref(e.msg)
+        e.msg = None
+        self._put(INFLIGHT, pid_key(session.client_id, packet_id), encode_entry(e, 0))
+
+    cpdef acked(self, Session session, int packet_id, Inflight e):
+        self._delete(INFLIGHT, pid_key(session.client_id, packet_id))
+        self._unref(e.msg)
+
+    cpdef rel_added(self, Session session, int packet_id):
+        self._insert(REL, pid_key(session.client_id, packet_id), b"")
+
+    cpdef rel_removed(self, Session session, int packet_id):
+        self._delete(REL, pid_key(session.client_id, packet_id))
