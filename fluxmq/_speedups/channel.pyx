@@ -307,8 +307,20 @@ cdef class ChannelCore(Outlet):
                 congested = take_congested()
                 if congested:
                     self._block(congested)
-            if n == 0 and self.version == MQTT_5:
-                reason = 0x10            # no matching subscribers (still a success)
+            if n == 0:
+                if self.dispatcher.refused:
+                    # A durable queue refused it. MQTT 3.1.1 has no refusal: a full queue
+                    # disconnects the client (it publishes again later), anything else is
+                    # acknowledged and dropped.
+                    reason = self.dispatcher.refused
+                    why = self.dispatcher.refused_why
+                    self.counters.publish_dropped += 1
+                    if self.version != MQTT_5:
+                        if reason == 0x97 and qos:
+                            raise MQTTError(why, 0x97)
+                        reason = 0
+                elif self.version == MQTT_5:
+                    reason = 0x10            # no matching subscribers (still a success)
         else:
             self.counters.publish_dropped += 1
             if reason == 0x87:

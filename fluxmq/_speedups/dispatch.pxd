@@ -66,10 +66,15 @@ cdef class Dispatcher:
     cdef public object read_check         # None, or (Session, topic) -> bool: may it receive it
     cdef public object on_publish         # None, or (Message) -> None: every routed publish
     cdef public object on_deliver         # None, or (Session, Message, qos) -> None
+    cdef public object queues             # None, or durable queues: publish(msg) -> None (taken)
+                                          # or (reason code, reason string) for `$queue/` topics
+    cdef public int refused               # why `queues` refused this publish (0: it did not)
+    cdef public str refused_why
 
     cpdef int subscribe(self, Subscription sub) except -1
     cpdef object unsubscribe(self, Session session, str topic_filter, str share_group=*)
     cdef Route route(self, str topic)
     cpdef int publish(self, Message msg) except -1
+    cdef int _queue_publish(self, Message msg) except -1
     cdef int _deliver_target(self, Target t, Message msg) except -1
     cdef int _deliver_group(self, SharedGroup g, Message msg, Session avoid) except -1

@@ -7,10 +7,15 @@ of a client collapse into a single delivery at the highest granted QoS carrying 
 Subscription Identifier [MQTT-3.3.4-3/5]; No Local subscriptions skip the publisher; a shared
 subscription group gets the message once, on the next connected member in round-robin order.
 
+A `$queue/...` topic goes to the durable queues instead (`Dispatcher.queues`, set only when the
+broker has them: without it the check costs nothing), which append it to a queue's log or take
+it as an acknowledgement; a refusal leaves its reason in `refused` / `refused_why`.
+
 The aggregated route of a topic is cached (the hot-topic cache): a publish on a known topic
 costs one dict look-up plus the deliveries. Any subscription change clears the cache.
 """
 
+from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 from fluxmq._speedups.message cimport Message
 from fluxmq._speedups.session cimport Session, Subscription, Inflight
 from fluxmq._speedups.trie cimport TopicTrie
@@ -264,6 +269,13 @@ cdef class Dispatcher:
         cdef Target t
         cdef Py_ssize_t i, n
         cdef int delivered = 0
+        cdef str topic
+        if self.queues is not None:
+            self.refused = 0
+            topic = msg.topic
+            if (PyUnicode_GET_LENGTH(topic) >= 7 and PyUnicode_READ_CHAR(topic, 0) == 36
+                    and topic.startswith("$queue/")):
+                return self._queue_publish(msg)
         if msg.retain and self.on_retain is not None:
             self.on_retain(msg)
         if msg.expires_at != 0.0 and msg.expired(time.time()):
@@ -278,6 +290,15 @@ cdef class Dispatcher:
         for i in range(len(r.groups)):
             delivered += self._deliver_group(<SharedGroup>r.groups[i], msg, None)
         return delivered
+
+    cdef int _queue_publish(self, Message msg) except -1:
+        """A `$queue/` topic: the queues take it (1) or refuse it (0, reason in `refused`)."""
+        r = self.queues.publish(msg)
+        if r is None:
+            return 1
+        self.refused = r[0]
+        self.refused_why = r[1]
+        return 0
 
     cdef int _deliver_target(self, Target t, Message msg) except -1:
         cdef int qos = t.qos

@@ -15,6 +15,12 @@ cdef class CallbackOutlet(Outlet):
     cdef public object on_pubrel          # (packet_id) -> None, or None
 
 
+cdef class DeliveryToken:
+    # Inflight.group of a delivery that something outside the session tracks (a durable
+    # queue's): the client's PUBACK calls puback(); durable storage does not keep it.
+    cpdef int puback(self) except -1
+
+
 cdef class Subscription:
     cdef public str topic_filter          # without any $share/<group>/ prefix
     cdef public str share_group           # None unless a shared subscription

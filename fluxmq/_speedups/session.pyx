@@ -69,6 +69,20 @@ cdef class CallbackOutlet(Outlet):
         return 0
 
 
+cdef class DeliveryToken:
+    """Marks a delivery tracked outside the session (`Inflight.group`), such as a durable
+    queue's: `puback()` runs when the client acknowledges it, and durable storage does not keep
+    it (its owner keeps its own state). Subclass it and override `puback`."""
+
+    cpdef int puback(self) except -1:
+        return 0
+
+
+cdef inline bint _kept(Inflight e):
+    """Durable storage keeps this entry (it is not a tracked delivery)."""
+    return e.group is None or not isinstance(e.group, DeliveryToken)
+
+
 cdef class Subscription:
     """One subscription of one session, with its options."""
 
@@ -148,12 +162,13 @@ cdef class Session:
             if self.drop_new:
                 return 0
             self._drop_oldest()
-        if self.store is not None and (self.spilled or len(self.queue) >= SPILL_AT):
+        if self.store is not None and (self.spilled or len(self.queue) >= SPILL_AT) \
+                and _kept(e):
             self.store.queued(self, e)          # newest entries stay on disk only
             self.spilled += 1
             return 1
         self.queue.append(e)
-        if self.store is not None:
+        if self.store is not None and _kept(e):
             self.store.queued(self, e)
         if self.outlet is not None and len(self.queue) >= self.high_water:
             # Back-pressure: the connected client is slower than its publishers. Rather than
@@ -172,7 +187,7 @@ cdef class Session:
         cdef Inflight old
         if self.queue:
             old = <Inflight>self.queue.popleft()
-            if self.store is not None:
+            if self.store is not None and _kept(old):
                 self.store.unqueued(self, old)
         elif self.spilled:
             self.store.drop_oldest_spilled(self)
@@ -212,13 +227,13 @@ cdef class Session:
         cdef int pid = self._alloc_pid()
         if not self.outlet.send_publish(e.msg, e.qos, pid, dup, e.retain, e.sub_ids):
             self.dropped += 1
-            if queued and self.store is not None:
+            if queued and self.store is not None and _kept(e):
                 self.store.unqueued(self, e)
             return 0
         e.state = 1
         e.sent_at = time.monotonic()
         self.inflight[pid] = e
-        if self.store is not None:
+        if self.store is not None and _kept(e):
             if queued:
                 self.store.moved(self, pid, e)
             else:
@@ -237,7 +252,7 @@ cdef class Session:
                 if now == 0.0:
                     now = time.time()
                 if e.msg.expired(now):
-                    if self.store is not None:
+                    if self.store is not None and _kept(e):
                         self.store.unqueued(self, e)
                     continue
             self._send(e, False, True)
@@ -269,7 +284,9 @@ cdef class Session:
         if e is None or e.qos != 1:
             return 0
         del self.inflight[packet_id]
-        if self.store is not None:
+        if e.group is not None and isinstance(e.group, DeliveryToken):
+            (<DeliveryToken>e.group).puback()
+        elif self.store is not None:
             self.store.acked(self, packet_id, e)
         if self.queue or self.spilled:
             self.pump()
@@ -323,7 +340,7 @@ cdef class Session:
             elif not outlet.send_publish(e.msg, e.qos, pid, True, e.retain, e.sub_ids):
                 del self.inflight[pid]
                 self.dropped += 1
-                if self.store is not None:
+                if self.store is not None and _kept(e):
                     self.store.acked(self, pid, e)
         self.pump()
         return 0
@@ -372,7 +389,7 @@ cdef class Session:
         out = []
         keep = deque()
         for e in self.queue:
-            if e.group is not None:
+            if e.group is not None and _kept(e):
                 out.append(e)
                 if self.store is not None:
                     self.store.unqueued(self, e)
@@ -380,12 +397,37 @@ cdef class Session:
                 keep.append(e)
         self.queue = keep
         for pid, e in list(self.inflight.items()):
-            if e.group is not None and e.state == 1:
+            if e.group is not None and e.state == 1 and _kept(e):
                 del self.inflight[pid]
                 if self.store is not None:
                     self.store.acked(self, pid, e)
                 out.append(e)
         return out
+
+    def take_tokens(self) -> list:
+        """Remove the deliveries tracked outside the session (`DeliveryToken`s: queued, or
+        PUBLISH sent and not acknowledged) and return their tokens: their owner redelivers them
+        rather than this session re-sending them when the client comes back."""
+        cdef Inflight e
+        out = []
+        if self.queue:
+            keep = deque()
+            for e in self.queue:
+                if e.group is not None and not _kept(e):
+                    out.append(e.group)
+                else:
+                    keep.append(e)
+            self.queue = keep
+        for pid, e in list(self.inflight.items()):
+            if e.group is not None and not _kept(e):
+                del self.inflight[pid]
+                out.append(e.group)
+        return out
+
+    def deliver_tracked(self, Message msg, int qos, DeliveryToken token) -> int:
+        """Deliver msg as a delivery that `token` tracks (see DeliveryToken): 1 if sent or
+        queued, 0 if dropped."""
+        return self.deliver(msg, qos, False, None, token)
 
     def clear(self):
         """Drop everything (clean start, or expiry); storage forgets the session separately."""
