@@ -37,6 +37,14 @@ def congested_count() -> int:
     return len(_congested)
 
 
+def discard_congested() -> None:
+    """Forget the sessions a publish made congested (doors that cannot pause their publisher:
+    the HTTP and CoAP bridges, wills; only the MQTT channel pauses reading)."""
+    global _congested
+    if _congested:
+        _congested = []
+
+
 cdef class Outlet:
     """The protocol layer's end of a session (a connected client)."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from fluxmq._speedups.dispatch import Dispatcher
 from fluxmq._speedups.message import Message
-from fluxmq._speedups.session import Session, Subscription
+from fluxmq._speedups.session import Session, Subscription, discard_congested
 from fluxmq.broker.hooks import Hooks
 from fluxmq.broker.retained import RetainedStore
 from fluxmq.broker.session_expiry import SessionExpiry
@@ -82,7 +82,9 @@ class Broker:
         """Route a message from any door; returns the number of deliveries."""
         if msg.timestamp == 0.0:
             msg.timestamp = time.time()
-        return self.dispatcher.publish(msg)
+        n = self.dispatcher.publish(msg)
+        discard_congested()  # only an MQTT channel can pause its publisher (back-pressure)
+        return n
 
     @property
     def counters(self):
