@@ -5,6 +5,7 @@ does not slow message delivery and its drops are counted."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 
@@ -52,7 +53,10 @@ def test_every_event_is_emitted(broker_factory, clients, recorder, tmp_path, mon
     assert c.publish("a/1", b"hello", qos=1, retain=True) == 0
     assert c.got().topic == "a/1"
     assert c.publish("deny/1", qos=1) == 0x87
+    unsubscribed = threading.Event()
+    c.c.on_unsubscribe = lambda *args: unsubscribed.set()
     c.c.unsubscribe("a/#")
+    assert unsubscribed.wait(5)  # UNSUBACK before the takeover below
     again = clients("hooked", 5)  # the same client id: takes the session over
     assert again.connect(port, "alice", "alice") == 0
     again.close()
