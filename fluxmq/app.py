@@ -11,9 +11,12 @@ import gc
 import logging
 import signal
 
+import lmdb
+
 from fluxmq import __version__
 from fluxmq._speedups.bufpool import Flusher
 from fluxmq._speedups.channel import set_storage_full
+from fluxmq._speedups.segment import SegmentError
 from fluxmq._speedups.session import Session
 from fluxmq.broker.broker import Broker, SessionSettings
 from fluxmq.broker.sys import SysTopics
@@ -21,7 +24,9 @@ from fluxmq.config import Config, ConfigError, parse_addr
 from fluxmq.mqtt.keepalive import Timeouts
 from fluxmq.ops.admin_api import AdminAPI
 from fluxmq.ops.metrics import LoopLag, Metrics
+from fluxmq.ops.queue_metrics import QueueCollector
 from fluxmq.ops.webhooks import Webhooks
+from fluxmq.queue.manager import QueueManager
 from fluxmq.security.policy import SecurityConfig, SecurityHooks, bound_hosts, security_warnings
 from fluxmq.storage import StorageError, open_store
 from fluxmq.transport.http import HTTPListener
@@ -52,6 +57,7 @@ class Node:
         self.api: HTTPListener | None = None  # the admin API (server.api.addr)
         self.warnings: list[str] = []
         self.broker: Broker | None = None
+        self.queues: QueueManager | None = None  # the durable queues
         self.listeners: list = []
         self.timeouts: Timeouts | None = None
         self.sys: SysTopics | None = None
@@ -106,6 +112,13 @@ class Node:
                 raise StartupError(str(exc)) from None
             self.store.on_full = set_storage_full
             self.store.attach(loop, flusher)
+        self.queues = QueueManager(cfg, self.broker, self.store, loop)
+        try:
+            self.queues.start(flusher)
+        except (OSError, ValueError, lmdb.Error, SegmentError) as exc:
+            raise StartupError(f"durable queues: {exc}") from None
+        self.broker.queues = self.broker.dispatcher.queues = self.queues
+        self.metrics.registry.register(QueueCollector(self.queues))
         self.storage_open = True
         self.health = build_health(cfg, self)
         if self.health is not None:  # first, so that /ready answers 503 while starting
@@ -187,6 +200,8 @@ class Node:
         d = broker.dispatcher
         d.read_check = hooks.read_check if hooks.checks_read else None
         d.clear_cache()
+        if self.queues is not None:
+            self.queues.wrap_read_check()
         for listener in self.listeners:
             for conn in list(listener.connections):
                 if conn.client_id is not None and conn.session is not None:
@@ -248,6 +263,8 @@ class Node:
             await asyncio.sleep(0.02)
         for listener in self.listeners:
             await listener.wait_closed()
+        if self.queues is not None:
+            self.queues.close()
         if self.store is not None:
             self.store.close()
             self.store = None

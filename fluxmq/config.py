@@ -1627,6 +1627,206 @@ class WebhookConfig(Section):
     )
 
 
+
+def _queue_topic_problem(topic_filter: str) -> str | None:
+    problem = _filter_problem(topic_filter)
+    if problem is None and topic_filter.split("/", 1)[0] == "$queue":
+        return "`$queue/` topics always go to the queue they name; list other topics here"
+    return problem
+
+
+def queue_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a durable queue (None if it can)."""
+    if not name:
+        return "a queue name must not be empty"
+    if any(c in name for c in "/+#\0") or name.startswith("$"):
+        return "a queue name is one topic level without +, # or a leading $"
+    if len(name.encode()) > 200:
+        return "a queue name is at most 200 bytes"
+    return None
+
+
+@section
+class QueueRetryConfig(Section):
+    """Redelivery of nacked messages."""
+
+    max_retries: int = setting(
+        Int(min=0),
+        10,
+        "Redeliveries a message gets after its first delivery (a nack, the visibility timeout "
+        "passing, or its consumer leaving each cost one); one more failure moves it to the "
+        "dead-letter queue.",
+    )
+    initial_backoff: float = setting(
+        Duration(), "5s", "Wait before a nacked message is redelivered the first time."
+    )
+    max_backoff: float = setting(Duration(), "300s", "Longest wait before a redelivery.")
+    multiplier: float = setting(
+        Float(min=1.0), 2.0, "Each wait is the previous one times this (exponential backoff)."
+    )
+
+
+@section
+class QueueDLQConfig(Section):
+    """The dead-letter queue."""
+
+    enabled: bool = setting(
+        Bool(),
+        True,
+        "Move rejected messages, and messages out of retries, to the dead-letter queue "
+        "(`false`: they are dropped and counted).",
+    )
+    topic: str = setting(
+        Str("topic", allow_empty=True),
+        "",
+        "Where dead letters are appended: a `$queue/<queue>/<routing key>` topic. "
+        '"" = `$queue/dlq/<queue>` (queue `dlq`, the routing key being the original queue\'s '
+        "name). The dead-letter queue is an ordinary queue (created if missing).",
+    )
+
+    def check(self, key: str) -> None:
+        t = self.topic
+        if t and (not t.startswith("$queue/") or queue_name_problem(t.split("/")[1]) or
+                  _filter_problem(t) or any(c in t for c in "+#")):
+            raise ConfigError(
+                f"{key}.topic: expected a $queue/<queue>[/<routing key>] topic, got {_show(t)}",
+                f"{key}.topic",
+            )
+
+
+@section
+class QueueRetentionConfig(Section):
+    """How long a queue keeps its messages, and its segment files."""
+
+    max_age: float = setting(
+        Duration(),
+        "604800s",
+        "Segments whose newest message is older than this are removed (whole segments). "
+        "0 = no age limit.",
+    )
+    max_bytes: int = setting(
+        Size(min=0),
+        0,
+        "The oldest segments are removed while the queue's partitions hold more than this "
+        "(whole segments; the segment being written stays). 0 = no size limit.",
+    )
+    compaction: bool = setting(
+        Bool(),
+        False,
+        "Keep only the newest message of each `partition-key` in written segments (messages "
+        "without a key are kept).",
+    )
+    segment_bytes: int = setting(
+        Size(1024, 1073741824),
+        67108864,
+        "A partition starts a new segment file once its segment holds this many bytes.",
+    )
+    segment_age: float = setting(
+        Duration(min_exclusive=True),
+        "3600s",
+        "... or once its first message is this old (so that retention can remove it).",
+    )
+
+
+@section
+class QueueLimitsConfig(Section):
+    """Limits of a queue."""
+
+    max_message_size: int = setting(
+        Size(min=0),
+        1048576,
+        "Largest payload accepted; a larger publish is refused (MQTT 5: reason code 0x83 "
+        "with a reason string). 0 = no limit beyond `broker.max_message_size`.",
+    )
+    max_depth: int = setting(
+        Int(min=0),
+        100000,
+        "Most messages not yet acknowledged by the slowest consumer group (by every message "
+        "kept, for a queue without groups); a publish to a full queue is refused (MQTT 5: "
+        "0x97 quota exceeded; MQTT 3.1.1: the client is disconnected). 0 = no limit.",
+    )
+
+
+@section
+class QueueSettings(Section):
+    """The settings of a durable queue."""
+
+    partitions: int = setting(
+        Int(1, 1024),
+        1,
+        "Partitions: logs of their own, each delivered in order by one consumer of a group "
+        "at a time (`ordering: partition`).",
+    )
+    ordering: str = setting(
+        Enum(("partition", "none")),
+        "partition",
+        "`partition`: the `partition-key` user property picks the partition (a stable hash; "
+        "round-robin without a key), each partition is owned by one consumer of a group and "
+        "delivered in offset order; `none`: messages spread over a group's consumers.",
+    )
+    visibility_timeout: float = setting(
+        Duration(min_exclusive=True),
+        "30s",
+        "A delivery not acknowledged within this time is redelivered.",
+    )
+    retry: QueueRetryConfig = subsection(QueueRetryConfig, "Redelivery of nacked messages.")
+    dlq: QueueDLQConfig = subsection(QueueDLQConfig, "The dead-letter queue.")
+    retention: QueueRetentionConfig = subsection(
+        QueueRetentionConfig, "Retention, compaction and segment files."
+    )
+    limits: QueueLimitsConfig = subsection(QueueLimitsConfig, "Limits.")
+
+
+@section
+class QueueDefinition(QueueSettings):
+    """One durable queue (an item of `queues`): `name`, `topics` and any setting of
+    `queue.defaults`."""
+
+    name: str = setting(Str("string", allow_empty=True), "", "The queue's name (required).")
+    topics: tuple[str, ...] = setting(
+        StrList("topic filters", _queue_topic_problem),
+        [],
+        "Ordinary topics the queue captures (MQTT filters, e.g. `orders/#`), besides "
+        "`$queue/<name>/...`.",
+    )
+
+    def check(self, key: str) -> None:
+        problem = queue_name_problem(self.name)
+        if problem:
+            raise ConfigError(f"{key}.name: {problem}", f"{key}.name")
+
+
+def _unique_queue_names(queues: tuple[QueueDefinition, ...]) -> str | None:
+    seen: set[str] = set()
+    for i, q in enumerate(queues):
+        if q.name in seen:
+            return f"queues[{i}].name: queue {q.name!r} is defined twice"
+        seen.add(q.name)
+    return None
+
+
+@section
+class QueueConfig(Section):
+    """Durable queues (see docs/queues.md)."""
+
+    auto_create: bool = setting(
+        Bool(),
+        True,
+        "A publish or subscribe to `$queue/<name>/...` of an unknown queue creates it with "
+        "`defaults`; `false`: refused (MQTT 5 PUBACK 0x90, SUBACK 0x80, with a reason string).",
+    )
+    retention_interval: float = setting(
+        Duration(min_exclusive=True),
+        "30s",
+        "How often segment age, retention and compaction are applied.",
+    )
+    defaults: QueueSettings = subsection(
+        QueueSettings,
+        "Settings of queues created automatically or by the admin API without settings. A "
+        "queue in `queues` takes the built-in defaults shown here for the keys it leaves out.",
+    )
+
+
 @section
 class ClusterConfig(Section):
     """This node's place in a cluster."""
@@ -1649,6 +1849,19 @@ class Config(Section):
     cluster: ClusterConfig = subsection(ClusterConfig, "This node's identity.")
     auth: AuthConfig = subsection(AuthConfig, "Authentication and authorisation.")
     webhook: WebhookConfig = subsection(WebhookConfig, "Webhooks (off by default).")
+    queue: QueueConfig = subsection(QueueConfig, "Durable queues: automatic creation, defaults.")
+    queues: tuple[Any, ...] = setting(
+        SectionList(QueueDefinition, "queues"),
+        [],
+        "Durable queues created at start: each a mapping with `name` (required), `topics` and "
+        "any key of `queue.defaults` (`partitions`, `ordering`, `visibility_timeout`, `retry`, "
+        "`dlq`, `retention`, `limits`). See docs/queues.md.",
+    )
+
+    def check(self, key: str) -> None:
+        problem = _unique_queue_names(self.queues)
+        if problem:
+            raise ConfigError(problem, problem.split(":")[0])
 
 
 # Keys of the original Go broker that have a different name here (old key -> new key).
@@ -1689,7 +1902,7 @@ def _build(cls: type[_S], data: Any, path: str, defaults: Mapping[str, Any]) -> 
         except _Invalid as e:
             raise ConfigError(f"{key}: {e}", key) from None
     built = cls(**values)
-    if path:
+    if path or cls is Config:
         built.check(path)
     return built
 
@@ -1832,6 +2045,9 @@ def render_docs_reference() -> str:
                 out += ["", f"### `{entry.key}`", "", entry.doc, ""]
                 out += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
             continue
+        if "." not in entry.key:  # a top-level setting: a table of its own
+            out += ["", f"### `{entry.key}`", "", "| Key | Type | Default | Description |",
+                    "|---|---|---|---|"]
         cells = [
             f"`{entry.key}`",
             entry.kind.describe(),

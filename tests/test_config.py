@@ -133,6 +133,31 @@ EXPECTED_DEFAULTS = {
         },
         "endpoints": [],
     },
+    "queue": {
+        "auto_create": True,
+        "retention_interval": "30s",
+        "defaults": {
+            "partitions": 1,
+            "ordering": "partition",
+            "visibility_timeout": "30s",
+            "retry": {
+                "max_retries": 10,
+                "initial_backoff": "5s",
+                "max_backoff": "300s",
+                "multiplier": 2.0,
+            },
+            "dlq": {"enabled": True, "topic": ""},
+            "retention": {
+                "max_age": "604800s",
+                "max_bytes": 0,
+                "compaction": False,
+                "segment_bytes": 67108864,
+                "segment_age": "3600s",
+            },
+            "limits": {"max_message_size": 1048576, "max_depth": 100000},
+        },
+    },
+    "queues": [],
 }
 
 
@@ -464,9 +489,9 @@ def test_only_the_first_problem_is_reported_in_schema_order(tmp_path):
         ),
         # no close match: list what is valid here
         (
-            "queuez: {enabled: true}",
-            "unknown key queuez (valid keys here: server, broker, session, log, storage, "
-            "ratelimit, cluster, auth, webhook)",
+            "xyzzy: {enabled: true}",
+            "unknown key xyzzy (valid keys here: server, broker, session, log, storage, "
+            "ratelimit, cluster, auth, webhook, queue, queues)",
         ),
         (
             "log: {colour: true}",
@@ -489,7 +514,7 @@ def test_unknown_key_deep_inside_a_valid_section(tmp_path):
 
 
 def test_no_parsed_but_ignored_keys_of_later_features(tmp_path):
-    for text in ("queues: []", "cluster: {etcd: {}}", "server: {amqp: {}}"):
+    for text in ("cluster: {etcd: {}}", "server: {amqp: {}}"):
         assert str(error_of(tmp_path, text + "\n")).startswith("unknown key ")
 
 
@@ -577,7 +602,8 @@ def test_top_level_must_be_a_mapping(tmp_path, text, got):
     path = write(tmp_path, text)
     assert str(error_of(tmp_path, text)) == (
         f"{path}: the top level must be a mapping of sections "
-        f"(server, broker, session, log, storage, ratelimit, cluster, auth, webhook), got {got}"
+        f"(server, broker, session, log, storage, ratelimit, cluster, auth, webhook, queue, "
+        f"queues), got {got}"
     )
 
 
@@ -902,4 +928,10 @@ def test_section_info_is_listed_for_every_section():
         "webhook.defaults",
         "webhook.defaults.retry",
         "webhook.defaults.circuit_breaker",
+        "queue",
+        "queue.defaults",
+        "queue.defaults.retry",
+        "queue.defaults.dlq",
+        "queue.defaults.retention",
+        "queue.defaults.limits",
     ]

@@ -75,6 +75,7 @@ class Broker:
         self.expiry = SessionExpiry(loop, self._expire_session)
         self.stats = BrokerStats()
         self.outlets: set = set()  # every connected client's outlet
+        self.queues = None  # the durable queues (fluxmq.queue.manager.QueueManager), if any
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class Broker:
     def resume_session(self, session: Session, outlet) -> None:
         """After CONNACK: re-send what is unacknowledged and start the queue."""
         session.resume(outlet)
+        if self.queues is not None:
+            self.queues.session_resumed(session)
 
     def _take_over(self, old: Session, ends_session: bool) -> None:
         """A new connection claims a connected session: the old one is closed (MQTT 5 gets
@@ -204,6 +207,8 @@ class Broker:
             self.expiry.schedule(session.client_id, session.expiry_interval)
 
     def _redistribute_shared(self, session: Session) -> None:
+        if self.queues is not None:  # its durable-queue deliveries go back to their groups
+            self.queues.session_detached(session)
         entries = session.take_shared()
         if entries:
             self.dispatcher.redeliver_shared(session, entries)
@@ -221,6 +226,8 @@ class Broker:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.expiry.cancel(session.client_id)
+        if self.queues is not None:
+            self.queues.session_ended(session)
         if session.store is not None:
             session.store.session_removed(session)
             session.store = None

@@ -23,10 +23,13 @@ _WHY = {
 }
 
 
-def _explain(codes: list[int]) -> str:
+def _explain(codes: list[int], why: dict[int, str] | None = None) -> str:
     """A reason string naming each refused filter's problem, by position."""
+    why = why or {}
     return "; ".join(
-        f"filter {i + 1}: {_WHY.get(code, 'refused')}" for i, code in enumerate(codes) if code >= 0x80
+        f"filter {i + 1}: {why.get(i) or _WHY.get(code, 'refused')}"
+        for i, code in enumerate(codes)
+        if code >= 0x80
     )
 
 
@@ -40,6 +43,8 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
         sub_id = pkt.properties.subscription_identifiers[0]
     codes: list[int] = []
     granted: list[tuple[Subscription, bool]] = []
+    queue_why: dict[int, str] = {}  # durable queue subscriptions: reason strings by position
+    queue_starts: list = []  # ... and what starts their deliveries once the SUBACK is sent
     for req in pkt.requests:
         topic_filter = req.topic_filter
         if not codec.valid_topic_filter(topic_filter):
@@ -58,6 +63,15 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
             codes.append(rc.NOT_AUTHORIZED if v5 else 0x80)
             continue
         qos = min(req.qos, max_qos)
+        if group is None and broker.queues is not None and inner.startswith("$queue/"):
+            user_props = pkt.properties.user_properties if pkt.properties is not None else None
+            code, why, begin = broker.queues.subscribe(session, inner, qos, user_props, v5)
+            if why:
+                queue_why[len(codes)] = why
+            codes.append(code if v5 or code < 0x80 else 0x80)
+            if begin is not None:
+                queue_starts.append(begin)
+            continue
         sub = Subscription(
             session, inner, qos, share_group=group, no_local=req.no_local,
             retain_as_published=req.retain_as_published, retain_handling=req.retain_handling,
@@ -67,8 +81,10 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
         codes.append(qos)
     props = None
     if v5 and conn.problem_info and any(code >= 0x80 for code in codes):
-        props = codec.Properties(reason_string=_explain(codes))
+        props = codec.Properties(reason_string=_explain(codes, queue_why))
     conn.send(codec.Suback(pkt.packet_id, codes, props))
+    for begin in queue_starts:
+        begin()
     for sub, new in granted:
         # Retained messages go to new non-shared subscriptions as Retain Handling says.
         if sub.share_group is None and (

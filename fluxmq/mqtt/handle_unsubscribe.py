@@ -14,7 +14,11 @@ def handle_unsubscribe(conn, pkt: codec.Unsubscribe) -> None:
             codes.append(rc.TOPIC_FILTER_INVALID)
             continue
         group, inner = split_shared(topic_filter)
-        removed = conn.broker.unsubscribe(conn.session, inner, group)
+        queues = conn.broker.queues
+        if group is None and queues is not None and inner.startswith("$queue/"):
+            removed = queues.unsubscribe(conn.session, inner)
+        else:
+            removed = conn.broker.unsubscribe(conn.session, inner, group)
         codes.append(rc.SUCCESS if removed else rc.NO_SUBSCRIPTION_EXISTED)
     props = None
     if conn.version == 5 and conn.problem_info and rc.TOPIC_FILTER_INVALID in codes:

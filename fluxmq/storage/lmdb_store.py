@@ -110,6 +110,10 @@ class LMDBStore(StoreCore):
         self._sync_task: asyncio.Task | None = None
         self._dirty_since_sync = False
         self.commits = 0
+        # Called at the start of every end_turn (durable queues write their appends there);
+        # each returns None or a function that must run, in the writer thread with `always`,
+        # before the turn's output is released. A hook raising OSError withholds the output.
+        self.turn_hooks: list[Callable[[], Callable[[], None] | None]] = []
         self._last_full_log = 0.0
 
     # -- opening and closing -------------------------------------------------------------------
@@ -470,7 +474,9 @@ class LMDBStore(StoreCore):
 
     def write(self, b: _Batch) -> None:
         """One transaction: journal records, a chunk of compaction, redundant journals deleted.
-        The map grows when it is full."""
+        The map grows when it is full. The turn hooks' functions run first."""
+        for sync in b.syncs:
+            sync()
         dbs = self.dbs
         while True:
             try:
@@ -521,9 +527,31 @@ class LMDBStore(StoreCore):
     def end_turn(self, dirty: list) -> list:
         """The flusher's barrier: write this turn's changes; return the buffers that may be
         written now (with `always`, their output waits for the commit instead)."""
+        syncs = []
+        for hook in self.turn_hooks:
+            try:
+                sync = hook()
+            except OSError:  # it could not write: this turn's acknowledgements may not go out
+                for buf in dirty:
+                    buf.abort()
+                dirty = []
+                continue
+            if sync is not None:
+                syncs.append(sync)
         if self.full:
+            try:
+                for sync in syncs:
+                    sync()
+            except OSError:
+                for buf in dirty:
+                    buf.abort()
+                dirty = []
             return self._end_turn_full(dirty)
         b = self._make_batch()
+        if syncs:
+            if b is None:
+                b = _Batch()
+            b.syncs = syncs
         if self._writer is not None:
             if b is None and not self._writer.holding:
                 return dirty
@@ -650,12 +678,13 @@ class _Batch:
     """What one commit writes: journal records, a chunk of compaction, and the id up to which
     journal records became redundant."""
 
-    __slots__ = ("chunk", "journals", "upto")
+    __slots__ = ("chunk", "journals", "syncs", "upto")
 
     def __init__(self) -> None:
         self.journals: list[tuple[int, bytes]] = []
         self.chunk: list[tuple[int, bytes, bytes | None]] | None = None
         self.upto = 0
+        self.syncs: list = []  # the turn hooks' functions (durable queues: fsyncs)
 
 
 class _Writer:
@@ -696,7 +725,7 @@ class _Writer:
             try:
                 if batch is not None:
                     self.store.write(batch)
-            except lmdb.Error as e:
+            except (lmdb.Error, OSError) as e:
                 error = e
             self.results.append((held, error, batch))
             with self.cond:

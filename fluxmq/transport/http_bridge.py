@@ -312,6 +312,11 @@ class Bridge:
         if self.limiter is not None and not self.limiter.allow(req.remote):
             self.broker.counters.publish_dropped += 1
             raise BadRequest("message rate exceeded", 429)
-        self.broker.publish(msg)
+        d = self.broker.dispatcher
+        if self.broker.publish(msg) == 0 and d.refused:
+            # A durable queue refused it: 404 no such queue, 507 full, 413 too large.
+            code, d.refused = d.refused, 0
+            self.broker.counters.publish_dropped += 1
+            raise BadRequest(d.refused_why, {0x90: 404, 0x97: 507}.get(code, 413))
         self.published += 1
         return _OK
