@@ -44,6 +44,9 @@ class InProcessNode:
     def __init__(self, workdir: Path, config: dict, hooks: Hooks | None = None,
                  wait_started: bool = True) -> None:  # fmt: skip
         path = workdir / "inproc.yaml"
+        # Each node keeps its storage in its own directory (the default ./data would be shared
+        # by nodes of parallel test workers, and the second one refused).
+        config = {"storage": {"type": "memory", "path": str(workdir / "data")}, **config}
         path.write_text(yaml.safe_dump(config))
         self.cfg = load_config(path)
         self.hooks = hooks or RecordingHooks()
