@@ -4,11 +4,24 @@ Mosquitto runs from a generated configuration (anonymous, no persistence, large 
 to a file); FluxMQ runs as ``<repo>/.venv/bin/python -m fluxmq serve --config <yaml>``. A
 broker that exits or does not listen in time raises ``BrokerStartError`` with the end of its
 log, so the comparison can report the failure and go on.
+
+Either broker can also get a WebSocket listener (``ws=True``: path ``/mqtt``) and a TLS
+listener (``tls=TLSFiles``, from ``make_certs``: a CA and a server certificate for 127.0.0.1
+made with ``openssl``), each on its own free loopback port (``ws_port``, ``tls_port``).
+
+Mosquitto 2.0.11 (Debian) notes: its WebSocket listener is libwebsockets' (statically linked
+here), which keeps the listening socket to itself, so a configuration whose *only* listener is
+a WebSocket one exits with "Unable to start any listening sockets" (eclipse-mosquitto/mosquitto
+issues 2284, 2578); with the plain TCP listener next to it, it starts. Without
+``socket_domain ipv4`` libwebsockets ignores the 127.0.0.1 of ``listener PORT 127.0.0.1`` and
+binds ``[::]`` (every interface; the address ends up in ``sin6_flowinfo``): with it, it binds
+127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -16,22 +29,65 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.conn import raise_nofile
 
 REPO = Path(__file__).resolve().parent.parent
 
+SERVER_EXT = (
+    "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    "basicConstraints=CA:FALSE\n"
+)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A CA certificate and a server certificate and key signed by it (PEM paths)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+def make_certs(d: Path) -> TLSFiles:
+    """Make a CA and a server certificate for 127.0.0.1/localhost in ``d`` with openssl."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    if shutil.which("openssl") is None:
+        raise BrokerStartError("openssl not found: needed for the TLS listeners' certificate")
+
+    def run(*args: str) -> None:
+        p = subprocess.run(
+            ["openssl", *args], cwd=d, capture_output=True, text=True, timeout=60, check=False
+        )
+        if p.returncode:
+            raise BrokerStartError(f"openssl {args[0]} failed: {p.stderr.strip()[-300:]}")
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "3", "-subj", "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    (d / "server.ext").write_text(SERVER_EXT)
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "3", "-extfile", "server.ext")  # fmt: skip
+    return TLSFiles(str(d / "ca.crt"), str(d / "server.crt"), str(d / "server.key"))
+
 
 class BrokerStartError(RuntimeError):
     """The broker could not be started (exited, or never listened)."""
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: tuple[int | None, ...] = ()) -> int:
+    """A TCP port free on 127.0.0.1 right now (and not one of ``avoid``)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 class Broker:
@@ -39,11 +95,21 @@ class Broker:
 
     name = "broker"
 
-    def __init__(self, workdir: Path, port: int | None = None, tcp_nodelay: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        tcp_nodelay: bool = False,
+        ws: bool = False,
+        tls: TLSFiles | None = None,
+    ) -> None:
         self.tcp_nodelay = tcp_nodelay  # Mosquitto only: set_tcp_nodelay (FluxMQ always sets it)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.ws_port = free_port((self.port,)) if ws else None  # WebSocket, path /mqtt
+        self.tls = tls
+        self.tls_port = free_port((self.port, self.ws_port)) if tls else None  # MQTT over TLS
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / f"{self.name}.log"
 
@@ -86,13 +152,18 @@ class Broker:
                     f"{self.name} exited with code {self.proc.returncode} before listening: "
                     f"{self.log_tail()}"
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if all(_listening(p) for p in self.ports()):
+                return self
+            time.sleep(0.05)
         self.stop()
-        raise BrokerStartError(f"{self.name} did not listen on port {self.port} in {timeout:.0f} s")
+        raise BrokerStartError(
+            f"{self.name} did not listen on ports {self.ports()} in {timeout:.0f} s: "
+            f"{self.log_tail()}"
+        )
+
+    def ports(self) -> list[int]:
+        """Every port the broker must listen on."""
+        return [p for p in (self.port, self.ws_port, self.tls_port) if p]
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL)."""
@@ -122,6 +193,14 @@ class Broker:
         self.stop()
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class Mosquitto(Broker):
     """Debian's ``mosquitto`` with a benchmark configuration."""
 
@@ -134,8 +213,10 @@ class Mosquitto(Broker):
         tcp_nodelay: bool = False,
         max_inflight: int = 100,
         persistence: bool = False,
+        ws: bool = False,
+        tls: TLSFiles | None = None,
     ) -> None:
-        super().__init__(workdir, port, tcp_nodelay)
+        super().__init__(workdir, port, tcp_nodelay, ws, tls)
         self.max_inflight = max_inflight
         self.persistence = persistence
 
@@ -156,15 +237,41 @@ class Mosquitto(Broker):
                     f"max_inflight_messages {self.max_inflight}",
                     "max_connections -1",
                     f"set_tcp_nodelay {'true' if self.tcp_nodelay else 'false'}",
+                    # run as whoever runs the bench, like FluxMQ: started as root, Mosquitto
+                    # would become user "mosquitto", who cannot read the workdir (log file,
+                    # certificate key)
+                    f"user {getpass.getuser()}",
                     f"log_dest file {self.workdir / 'mosquitto-file.log'}",
                     "log_type error",
                     "log_type warning",
+                    *self._extra_listeners(),
                     "",
                 ]
             )
         )
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         return [exe, "-c", str(conf)]
+
+    def _extra_listeners(self) -> list[str]:
+        """The WebSocket and TLS listeners (after the plain one and the global settings)."""
+        lines: list[str] = []
+        if self.ws_port:
+            # socket_domain ipv4: else libwebsockets binds [::] whatever the address says
+            lines += [
+                f"listener {self.ws_port} 127.0.0.1",
+                "protocol websockets",
+                "socket_domain ipv4",
+                "max_connections -1",
+            ]
+        if self.tls_port and self.tls:
+            lines += [
+                f"listener {self.tls_port} 127.0.0.1",
+                f"cafile {self.tls.ca}",
+                f"certfile {self.tls.cert}",
+                f"keyfile {self.tls.key}",
+                "max_connections -1",
+            ]
+        return lines
 
 
 class FluxMQ(Broker):
@@ -181,8 +288,10 @@ class FluxMQ(Broker):
         storage: str = "memory",
         fsync: str = "interval",
         max_queue: int = 1000,
+        ws: bool = False,
+        tls: TLSFiles | None = None,
     ) -> None:
-        super().__init__(workdir, port, tcp_nodelay)
+        super().__init__(workdir, port, tcp_nodelay, ws, tls)
         self.max_inflight = max_inflight
         self.storage = storage  # memory | lmdb
         self.fsync = fsync
@@ -196,9 +305,11 @@ class FluxMQ(Broker):
             "    plain:\n"
             f'      addr: "127.0.0.1:{self.port}"\n'
             "      max_connections: 0\n"
+            f"{self._tls_listener()}"
             "  websocket:\n"
             "    plain:\n"
-            '      addr: ""\n'
+            f'      addr: "{f"127.0.0.1:{self.ws_port}" if self.ws_port else ""}"\n'
+            "      max_connections: 0\n"
             "  http:\n"
             "    plain:\n"
             '      addr: ""\n'
@@ -220,6 +331,17 @@ class FluxMQ(Broker):
         py = REPO / ".venv" / "bin" / "python"
         exe = str(py) if py.exists() else sys.executable
         return [exe, "-m", "fluxmq", "serve", "--config", str(cfg)]
+
+    def _tls_listener(self) -> str:
+        if not (self.tls_port and self.tls):
+            return ""
+        return (
+            "    tls:\n"
+            f'      addr: "127.0.0.1:{self.tls_port}"\n'
+            f'      cert_file: "{self.tls.cert}"\n'
+            f'      key_file: "{self.tls.key}"\n'
+            "      max_connections: 0\n"
+        )
 
     def cwd(self) -> Path:
         """The repository, so that ``python -m fluxmq`` finds the package."""

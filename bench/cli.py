@@ -55,7 +55,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--cafile", default=None, help="CA certificates for --tls")
     p.add_argument("--insecure", action="store_true", help="TLS without certificate checks")
-    p.add_argument("--ws", action="store_true", help="WebSocket transport (not supported yet)")
+    p.add_argument("--ws", action="store_true", help="MQTT over WebSocket (with --tls: wss)")
+    p.add_argument("--ws-path", default="/mqtt", help="WebSocket URL path (/mqtt)")
     p.add_argument("--broker-pid", type=int, default=None, help="broker pid for CPU/RSS (by port)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the summary here")
     p.add_argument("-q", "--qos", type=int, default=0, choices=(0, 1, 2))
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--host", default="127.0.0.1")
     rl.add_argument("--port", type=int, default=1883)
     rl.add_argument("-d", "--duration", type=float, default=60.0)
+    rl.add_argument("--ws", action="store_true", help="a WebSocket relay (any path)")
     per = subs.add_parser("persist", help="persistent QoS 1: Mosquitto vs FluxMQ storage modes")
     from bench import persist
 
@@ -127,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def conn_options(a: argparse.Namespace) -> ConnOptions:
     """Validate the connection options (loopback target, protocol level, transport)."""
-    if a.ws:
-        raise UsageError("WebSocket transport (--ws) is not supported yet")
+    if not a.ws_path.startswith("/"):
+        raise UsageError("--ws-path must start with /")
     if a.version == 3:
         raise UsageError("MQTT 3.1 (-V 3) is not supported; use -V 4 (3.1.1) or -V 5")
     if a.cafile and not a.tls:
@@ -146,6 +148,8 @@ def conn_options(a: argparse.Namespace) -> ConnOptions:
         tls=a.tls,
         cafile=a.cafile,
         insecure=a.insecure,
+        ws=a.ws,
+        ws_path=a.ws_path,
     )
 
 
@@ -227,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TargetError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        return relay.main(a.host, a.port, min(a.duration, 3600.0))
+        return relay.main(a.host, a.port, min(a.duration, 3600.0), a.ws)
     try:
         plan = plan_from_args(a)
         summary = run(plan)

@@ -5,6 +5,10 @@ then ``--reps`` measured runs, and keep the median of every figure. A broker tha
 start, or a scenario that fails for it, is reported as such in the table and the comparison
 goes on. Ratios are always "> 1 means FluxMQ is better": FluxMQ/Mosquitto for
 higher-is-better figures and Mosquitto/FluxMQ for lower-is-better ones.
+
+The ``ws`` and ``tls`` groups run the 16-byte fan-in over WebSocket (``/mqtt``, subprotocol
+``mqtt``) and over TLS: for them each broker also gets a WebSocket listener and a TLS listener
+on free loopback ports, with a certificate made by ``openssl`` in the workdir at the start.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstats, report
-from bench.brokers import BROKERS, Broker, BrokerStartError
+from bench.brokers import BROKERS, Broker, BrokerStartError, TLSFiles, make_certs
 from bench.client import ConnOptions
 from bench.pub import PubSpec
 from bench.runner import RunError, RunPlan, run
 from bench.sub import SubSpec
 
-SCENARIO_GROUPS = ("fanin", "fanout", "qos1", "latency", "idle", "p2p", "shared")
+SCENARIO_GROUPS = ("fanin", "fanout", "qos1", "latency", "idle", "p2p", "shared", "ws", "tls")
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Settings:
     reps: int = 3
     quick: bool = False
     warmup: float = 2.0
+    tls_files: TLSFiles | None = None  # made in the workdir when a ws/tls scenario runs
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Scenario:
     warmup: bool = True
     # Mosquitto's set_tcp_nodelay: its best latency; its default (Nagle) is its best throughput.
     tcp_nodelay: bool = False
+    transport: str = "tcp"  # "tcp" | "ws" | "tls" (the brokers then get both extra listeners)
 
 
 @dataclass
@@ -247,6 +253,24 @@ def scenarios(st: Settings) -> list[Scenario]:
             "fanout", "fanout", "fan-out QoS 0, 1 pub -> 50 subs, 16 B", _fanout, [DELIV], _received
         ),
         Scenario(
+            "fanin-ws",
+            "ws",
+            "fan-in QoS 0 over WebSocket, 4 pub -> 1 sub, 16 B",
+            _fanin(16),
+            [RECV],
+            _received,
+            transport="ws",
+        ),
+        Scenario(
+            "fanin-tls",
+            "tls",
+            "fan-in QoS 0 over TLS, 4 pub -> 1 sub, 16 B",
+            _fanin(16),
+            [RECV],
+            _received,
+            transport="tls",
+        ),
+        Scenario(
             "qos1",
             "qos1",
             "QoS 1 both legs, 4 pub -> 1 sub, window 100",
@@ -323,8 +347,23 @@ def _median(xs: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def _start(cls: type[Broker], workdir: Path, tcp_nodelay: bool = False) -> Broker:
-    return cls(workdir, tcp_nodelay=tcp_nodelay).start()
+def _start(cls: type[Broker], workdir: Path, tcp_nodelay: bool = False, **listeners: Any) -> Broker:
+    return cls(workdir, tcp_nodelay=tcp_nodelay, **listeners).start()
+
+
+def _conn_options(sc: Scenario, st: Settings, broker: Broker, rep: int) -> ConnOptions:
+    """How the clients reach ``broker`` for ``sc`` (its plain, WebSocket or TLS listener)."""
+    opts = ConnOptions(host="127.0.0.1", port=broker.port, prefix=f"cmp{rep}")
+    if sc.transport == "ws":
+        assert broker.ws_port is not None
+        opts.port = broker.ws_port
+        opts.ws = True
+    elif sc.transport == "tls":
+        assert broker.tls_port is not None and st.tls_files is not None
+        opts.port = broker.tls_port
+        opts.tls = True
+        opts.cafile = st.tls_files.ca
+    return opts
 
 
 def run_scenario(
@@ -339,17 +378,24 @@ def run_scenario(
     cls = BROKERS[broker_name]
     broker: Broker | None = None
     try:
+        listeners: dict[str, Any] = {}
+        if sc.transport != "tcp":
+            if st.tls_files is None:
+                st.tls_files = make_certs(workdir / "certs")
+            listeners = {"ws": True, "tls": st.tls_files}
         reps = max(1, st.reps)
         for rep in range(reps + (1 if sc.warmup else 0)):
             warm = sc.warmup and rep == 0
             if broker is None or (sc.restart_per_rep and not warm and rep > 0):
                 if broker is not None:
                     broker.stop()
-                broker = start(cls, workdir / f"{broker_name}-{sc.name}-{rep}", sc.tcp_nodelay)
+                broker = start(
+                    cls, workdir / f"{broker_name}-{sc.name}-{rep}", sc.tcp_nodelay, **listeners
+                )
                 time.sleep(0.3)  # let the broker settle before its idle RSS is read
             if not broker.alive():
                 raise RunError(f"{broker_name} died: {broker.log_tail()}")
-            opts = ConnOptions(host="127.0.0.1", port=broker.port, prefix=f"cmp{rep}")
+            opts = _conn_options(sc, st, broker, rep)
             plan = sc.plan(opts, st)
             plan.broker_pid = broker.pid
             plan.quiet = True

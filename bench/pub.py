@@ -5,6 +5,8 @@ one stamped packet repeated (``bytes * n``, all messages of a batch leave in the
 call, so they carry the same timestamp); for QoS 1/2 each packet gets its own packet id and the
 stamp in one ``struct.pack_into`` call, and the batch is bounded by the free in-flight window.
 Throttled publishers (``interval``) send what is due at each wake-up, spread over the interval.
+Over WebSocket a batch is one masked frame; a QoS 0 batch is masked a few packets at a time
+(``bench.ws.RepeatFramer``), not byte by byte.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench import mqttwire as w
+from bench import ws
 from bench.client import CLOSED, READY, Client
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ class Publisher(Client):
         self.post = t.packet[so + 8 :] if so >= 0 else b""
         self.next_due = 0
         self.scheduler: PubScheduler | None = None
+        self.ws_framer = ws.RepeatFramer(t.size) if self.ws and not spec.qos else None
 
     def start(self, now: int) -> None:
         """Open the connection with a bounded send buffer (see ``SNDBUF``)."""
@@ -137,10 +141,14 @@ class Publisher(Client):
 
     def send_batch(self, n: int, now: int) -> None:
         """Build and write ``n`` messages."""
-        data = self.build(n, now)
         self.sent += n
         self.worker.sent += n
-        self.write(data)
+        framer = self.ws_framer
+        if framer is not None:  # WebSocket QoS 0: one packet repeated, framed and masked
+            pkt = self.pre + now.to_bytes(8, "big") + self.post if self.stamped else self.packet
+            self.send_raw(framer.frame(pkt, n))
+            return
+        self.write(self.build(n, now))
 
     def pump(self, now: int) -> bool:
         """Unthrottled: send one batch; True when the publisher can take another turn at once.

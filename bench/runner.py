@@ -332,6 +332,14 @@ def _collect(procs: list[Any], pipes: list[Any], arr: Any) -> list[dict[str, Any
     return results
 
 
+def _cpu_by_role(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Each role's worker CPU seconds over the workers' whole lives (connect to close)."""
+    out: dict[str, float] = {}
+    for r in results:
+        out[r["role"]] = round(out.get(r["role"], 0.0) + r.get("cpu_s", 0.0), 2)
+    return out
+
+
 def summarise(
     plan: RunPlan,
     results: list[dict[str, Any]],
@@ -436,6 +444,8 @@ def summarise(
         "tool_cpu_s": round(tool_cpu_window, 2),
         "tool_cpu_pct": round(100 * tool_cpu_window / window_s, 1) if window_s else None,
         "tool_cpu_s_total": round(tool_cpu_total, 2),
+        "tool_cpu_s_by_role": _cpu_by_role(ok),
+        "ws_frames_received": sum(r.get("ws_frames", 0) for r in ok) if plan.opts.ws else None,
         "broker": broker_info,
         "workers": len(results),
     }

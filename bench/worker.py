@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.client import CLOSED, READY, Client, ConnOptions, make_ssl_context
+from bench.client import CLOSED, CLOSING, READY, Client, ConnOptions, make_ssl_context
 from bench.conn import IdleClient, raise_nofile
 from bench.framing import RecvBuffer, Scanner
 from bench.pub import Publisher, PubScheduler, PubSpec
@@ -271,7 +271,25 @@ class Worker:
                     cl.on_event(ev)
         return self._finish()
 
+    def _ws_close_all(self, timeout: float = 2.0) -> None:
+        """WebSocket close handshakes: DISCONNECT and a close frame from every established
+        client, then poll until each broker answer (or end of stream) or the deadline."""
+        closing = [c for c in self.clients if c.begin_ws_close()]
+        deadline = time.monotonic() + timeout
+        by_fd = self.by_fd
+        while closing and time.monotonic() < deadline:
+            self.now = time.monotonic_ns()
+            for fd, ev in self.ep.poll(0.05):
+                cl = by_fd.get(fd)
+                if cl is not None:
+                    cl.on_event(ev)
+            closing = [c for c in closing if c.state == CLOSING]
+        if closing:
+            self.error("ws_close_timeout", len(closing))
+
     def _finish(self) -> dict[str, Any]:
+        if self.opts.ws:
+            self._ws_close_all()
         for c in self.clients:
             c.close(graceful=True)
         self._publish_counters()
@@ -301,6 +319,7 @@ class Worker:
             "sent_by_topic": sent_by_topic,
             "filters": [c.filter for c in self.clients if isinstance(c, Subscriber)],
             "cpu_s": ru.ru_utime + ru.ru_stime,
+            "ws_frames": sum(c.wsr.frames for c in self.clients if c.wsr is not None),
         }
 
 
