@@ -1405,8 +1405,8 @@ class RateLimitConfig(Section):
     )
     message: MessageRateConfig = subsection(
         MessageRateConfig,
-        "PUBLISH packets per client (MQTT 5: PUBACK/PUBREC 0x96, QoS 0 dropped and counted; "
-        "MQTT 3.1.1: disconnected; HTTP bridge, per source IP: 429).",
+        "PUBLISH packets per client (MQTT 5: PUBACK/PUBREC 0x97 Quota exceeded, QoS 0 dropped "
+        "and counted; MQTT 3.1.1: disconnected; HTTP bridge, per source IP: 429).",
     )
     subscribe: SubscribeRateConfig = subsection(
         SubscribeRateConfig,

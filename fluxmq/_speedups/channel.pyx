@@ -259,15 +259,16 @@ cdef class ChannelCore(Outlet):
                 raise MQTTError("more unacknowledged QoS 2 messages than the receive maximum",
                                 0x93)
         if self.msg_limit is not None and not self.msg_limit.take(self.last_rx):
-            # ratelimit.message: MQTT 5 gets 0x96 (QoS 0 is dropped and counted); MQTT 3.1.1
-            # cannot refuse a PUBLISH, so the client is disconnected.
+            # ratelimit.message: MQTT 5 gets 0x97 Quota exceeded (0x96 "Message rate too high"
+            # is a DISCONNECT code, not one a PUBACK/PUBREC may carry [MQTT-3.4.2-1]; QoS 0 is
+            # dropped and counted); MQTT 3.1.1 cannot refuse a PUBLISH, so it is disconnected.
             self.counters.publish_dropped += 1
             self.counters.dropped_rate_limited += 1
             if self.version != MQTT_5:
                 self.close_reason = 0x96
                 self.close(-1, RATE_LIMITED)
             elif qos:
-                self._ack(PUBACK if qos == 1 else PUBREC, pid, 0x96, self._why(RATE_LIMITED))
+                self._ack(PUBACK if qos == 1 else PUBREC, pid, 0x97, self._why(RATE_LIMITED))
             return 0
         if qos and _storage_full:
             if self.version != MQTT_5:

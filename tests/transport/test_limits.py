@@ -1,5 +1,5 @@
 """Connection limits and rate limits: `max_connections` per listener, `ratelimit.connection`
-(per source IP: TCP closed, WebSocket 429), `ratelimit.message` (v5 0x96, v3.1.1 disconnect),
+(per source IP: TCP closed, WebSocket 429), `ratelimit.message` (v5 PUBACK/PUBREC 0x97, v3.1.1 disconnect),
 `ratelimit.subscribe` (v5 0x97, v3.1.1 0x80), and the release of limiter state."""
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def test_message_rate_v5_answers_0x96_and_drops_qos0(mqtt_broker):
         got = [watcher.expect(PacketType.PUBLISH).payload for _ in range(3)]
         assert sorted(got) == [b"a", b"b", b"c"]
         # the bucket is empty now
-        assert pub.publish("mr/1", b"x", qos=1).reason_code == 0x96
+        assert pub.publish("mr/1", b"x", qos=1).reason_code == 0x97
         rec = pub.publish("mr/2", b"y", qos=2)
-        assert (rec.type, rec.reason_code) == (PacketType.PUBREC, 0x96)
+        assert (rec.type, rec.reason_code) == (PacketType.PUBREC, 0x97)
         pub.publish("mr/0", b"z", qos=0)
         watcher.expect_nothing(0.5)  # none of the three was delivered
         pub.ping()  # and the publisher is still connected
@@ -154,7 +154,7 @@ def test_message_rate_applies_over_websocket_too(mqtt_broker):
         c.send(publish("mrws/1", b"a", qos=1, packet_id=1))
         assert c.expect(PacketType.PUBACK).reason_code == 0x10  # no subscribers
         c.send(publish("mrws/1", b"b", qos=1, packet_id=2))
-        assert c.expect(PacketType.PUBACK).reason_code == 0x96
+        assert c.expect(PacketType.PUBACK).reason_code == 0x97
     finally:
         c.close()
 
@@ -164,7 +164,7 @@ def test_message_rate_refills(mqtt_broker):
     pub = RawClient.connected((HOST, ports["tcp"]), "refill", version=V5)
     try:
         assert pub.publish("r/1", b"a", qos=1).reason_code == 0x10
-        assert pub.publish("r/1", b"b", qos=1).reason_code == 0x96
+        assert pub.publish("r/1", b"b", qos=1).reason_code == 0x97
         time.sleep(0.2)  # 20 a second: at least one token back
         assert pub.publish("r/1", b"c", qos=1).reason_code == 0x10
     finally:
@@ -175,7 +175,7 @@ def test_message_limiter_goes_with_the_connection(mqtt_broker):
     _, ports = mqtt_broker(config=_limits(message={"rate": 0.01, "burst": 1}))
     a = RawClient.connected((HOST, ports["tcp"]), "fresh", version=V5)
     assert a.publish("f/1", b"a", qos=1).reason_code == 0x10
-    assert a.publish("f/1", b"b", qos=1).reason_code == 0x96
+    assert a.publish("f/1", b"b", qos=1).reason_code == 0x97
     a.disconnect()
     b = RawClient.connected((HOST, ports["tcp"]), "fresh", version=V5)
     try:
