@@ -7,37 +7,28 @@ published again only when its value changed. A subscription to `#` does not rece
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 from fluxmq import __version__
 from fluxmq._speedups.message import Message
+from fluxmq.periodic import Periodic
 
 
-class SysTopics:
+class SysTopics(Periodic):
     def __init__(self, broker, interval: float) -> None:
+        super().__init__()
         self.broker = broker
         self.interval = interval
         self._last: dict[str, str] = {}
-        self._task: asyncio.Task | None = None
         self._max_connected = 0
 
     def start(self) -> None:
         if self.interval > 0:
             self.publish()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            super().start()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.publish()
+    def tick(self, late: float) -> None:
+        self.publish()
 
     def values(self) -> dict[str, str]:
         b = self.broker

@@ -19,12 +19,11 @@ is re-armed on every packet.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from fluxmq._speedups.channel import now as monotonic_now
 from fluxmq.mqtt import reason_codes as rc
+from fluxmq.periodic import Periodic
 
 log = logging.getLogger("fluxmq.mqtt")
 
@@ -33,30 +32,16 @@ ST_CLOSING = 3
 BLOCK_MAX = 2.0
 
 
-class Timeouts:
+class Timeouts(Periodic):
     """The periodic scan over the connections of some listeners."""
 
     def __init__(self, listeners, interval: float = 0.5) -> None:
+        super().__init__()
         self.listeners = listeners
         self.interval = interval
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.scan()
-            except Exception:  # one bad connection must not stop the timeouts of all others
-                log.exception("timeout scan failed")
+    def tick(self, late: float) -> None:
+        self.scan()
 
     def scan(self) -> None:
         now = monotonic_now()

@@ -10,8 +10,6 @@ asks to run every 0.25 s and records how late it runs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -26,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
 from fluxmq._speedups.dispatch import LATENCY_BUCKETS
+from fluxmq.periodic import Periodic
 
 __all__ = ["CONTENT_TYPE_LATEST", "LoopLag", "Metrics"]
 
@@ -33,32 +32,20 @@ _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 _QOS = ("0", "1", "2")
 
 
-class LoopLag:
+class LoopLag(Periodic):
     """How late the event loop runs a timer (a busy or blocked loop runs it late)."""
 
     def __init__(self, interval: float = 0.25) -> None:
+        super().__init__()
         self.interval = interval
         self.last = 0.0
         self.max = 0.0
         self.buckets = [0] * (len(_LAG_BUCKETS) + 1)
         self.sum = 0.0
         self.count = 0
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(self.interval)
-            self.observe(max(0.0, time.monotonic() - t0 - self.interval))
+    def tick(self, late: float) -> None:
+        self.observe(late)
 
     def observe(self, lag: float) -> None:
         self.last = lag

@@ -75,7 +75,7 @@ def test_sighup_reloads_without_dropping_clients(broker_factory, clients, record
     _reload(b, n)
     assert "configuration reloaded" in b.logs()
     assert raw.publish("q/1", b"x", qos=1).reason_code == 0x10  # the burst of one
-    assert raw.publish("q/2", b"x", qos=1).reason_code == 0x96  # the new limit applies here
+    assert raw.publish("q/2", b"x", qos=1).reason_code == 0x97  # the new limit applies here
     with RawClient((HOST, port), version=5) as c:
         assert c.connect("carol", username="bob", password=b"bob").reason_code == 0
     assert wait_until(lambda: [x["data"]["client_id"] for x in r.bodies()] == ["carol"])

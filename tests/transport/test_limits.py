@@ -108,7 +108,7 @@ def test_connection_rate_can_be_turned_off_alone(mqtt_broker):
 # -- ratelimit.message ---------------------------------------------------------------------------
 
 
-def test_message_rate_v5_answers_0x96_and_drops_qos0(mqtt_broker):
+def test_message_rate_v5_answers_0x97_and_drops_qos0(mqtt_broker):
     _, ports = mqtt_broker(config=_limits(message={"rate": 0.01, "burst": 3}))
     watcher = RawClient.connected((HOST, ports["tcp"]), "mr-watch", version=V5)
     pub = RawClient.connected((HOST, ports["tcp"]), "mr-pub", version=V5)
