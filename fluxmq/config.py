@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import ipaddress
 import json
 import math
@@ -886,21 +887,38 @@ def _check_tls_listener(section: Any, key: str) -> None:
     check_listener(section, key)
 
 
-@section
-class TCPTLSListenerConfig(TCPListenerConfig):
-    """An MQTT-over-TCP listener with TLS."""
-
-    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
-    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
-    ca_file: str = setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)
-    client_auth: str = setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)
-    min_version: str = setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)
-    cipher_suites: tuple[str, ...] = setting(_CIPHERS, [], _CIPHERS_DOC)
-    prefer_server_cipher_suites: bool = setting(Bool(), False, _PREFER_DOC)
-    use_identity_as_username: bool = setting(Bool(), False, _IDENTITY_DOC)
+def tls_settings(cls: type[_S]) -> type[_S]:
+    """Give a listener section the inline TLS settings (`cert_file`, `key_file`, `ca_file`,
+    `client_auth`, `min_version`, `cipher_suites`, `prefer_server_cipher_suites`,
+    `use_identity_as_username`) and their checks. Applied under `@section`, so each class gets
+    fields of its own."""
+    fields = {
+        "cert_file": (str, lambda: setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)),
+        "key_file": (str, lambda: setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)),
+        "ca_file": (str, lambda: setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)),
+        "client_auth": (str, lambda: setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)),
+        "min_version": (str, lambda: setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)),
+        "cipher_suites": (tuple[str, ...], lambda: setting(_CIPHERS, [], _CIPHERS_DOC)),
+        "prefer_server_cipher_suites": (bool, lambda: setting(Bool(), False, _PREFER_DOC)),
+        "use_identity_as_username": (bool, lambda: setting(Bool(), False, _IDENTITY_DOC)),
+    }
+    annotations = dict(inspect.get_annotations(cls))
+    for name, (typ, make) in fields.items():
+        annotations[name] = typ
+        setattr(cls, name, make())
+    cls.__annotations__ = annotations
 
     def check(self, key: str) -> None:
         _check_tls_listener(self, key)
+
+    cls.check = check
+    return cls
+
+
+@section
+@tls_settings
+class TCPTLSListenerConfig(TCPListenerConfig):
+    """An MQTT-over-TCP listener with TLS."""
 
 
 @section
@@ -974,20 +992,9 @@ class WSListenerConfig(Section):
 
 
 @section
+@tls_settings
 class WSTLSListenerConfig(WSListenerConfig):
     """An MQTT-over-WebSocket listener with TLS (wss://)."""
-
-    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
-    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
-    ca_file: str = setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)
-    client_auth: str = setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)
-    min_version: str = setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)
-    cipher_suites: tuple[str, ...] = setting(_CIPHERS, [], _CIPHERS_DOC)
-    prefer_server_cipher_suites: bool = setting(Bool(), False, _PREFER_DOC)
-    use_identity_as_username: bool = setting(Bool(), False, _IDENTITY_DOC)
-
-    def check(self, key: str) -> None:
-        _check_tls_listener(self, key)
 
 
 @section
@@ -1027,20 +1034,9 @@ class HTTPListenerConfig(Section):
 
 
 @section
+@tls_settings
 class HTTPTLSListenerConfig(HTTPListenerConfig):
     """An HTTP bridge listener with TLS (https://)."""
-
-    cert_file: str = setting(Str("path", allow_empty=True), "", _CERT_FILE_DOC)
-    key_file: str = setting(Str("path", allow_empty=True), "", _KEY_FILE_DOC)
-    ca_file: str = setting(Str("path", allow_empty=True), "", _CA_FILE_DOC)
-    client_auth: str = setting(_CLIENT_AUTH, "", _CLIENT_AUTH_DOC)
-    min_version: str = setting(_MIN_VERSION, "TLS1.2", _MIN_VERSION_DOC)
-    cipher_suites: tuple[str, ...] = setting(_CIPHERS, [], _CIPHERS_DOC)
-    prefer_server_cipher_suites: bool = setting(Bool(), False, _PREFER_DOC)
-    use_identity_as_username: bool = setting(Bool(), False, _IDENTITY_DOC)
-
-    def check(self, key: str) -> None:
-        _check_tls_listener(self, key)
 
 
 @section
