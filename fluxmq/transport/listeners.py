@@ -1,7 +1,8 @@
 """Every listener the configuration asks for, built in one place.
 
 MQTT: `server.tcp.{plain,tls,mtls}` and `server.websocket.{plain,tls,mtls}`; the HTTP bridge:
-`server.http.{plain,tls,mtls}`; the CoAP bridge: `server.coap.{plain,dtls,mdtls}`; the health endpoints: `server.health_addr` (`build_health`).
+`server.http.{plain,tls,mtls}`; the CoAP bridge: `server.coap.{plain,dtls,mdtls}`; the health
+endpoints: `server.health_addr` (`build_health`).
 A listener is on when its `addr` is not empty.
 """
 
@@ -25,62 +26,46 @@ def _name(kind: str, mode: str) -> str:
     return kind if mode == "plain" else f"{kind}.{mode}"
 
 
+def _enabled(cfg: Config, kind: str):
+    """(mode, section, (host, port), ServerTLS or None) of each enabled `server.<kind>` slot."""
+    for mode in MODES:
+        section = getattr(getattr(cfg.server, kind), mode)
+        addr = parse_addr(section.addr)
+        if addr is not None:
+            tls = ServerTLS(section, f"server.{kind}.{mode}") if mode != "plain" else None
+            yield mode, section, addr, tls
+
+
 def build_listeners(cfg: Config, broker, flusher: Flusher) -> list:
     """The listeners of `cfg` (not started). Each has `name`, `start()`, `close()`,
     `wait_closed()`, `bound`, and `connections` (the live MQTT connections, for the timeout
     scan; always empty for the HTTP bridge)."""
     limits = RateLimits.from_config(cfg)
     listeners: list = []
-    for mode in MODES:
-        section = getattr(cfg.server.tcp, mode)
-        addr = parse_addr(section.addr)
-        if addr is None:
-            continue
-        tls = ServerTLS(section, f"server.tcp.{mode}") if mode != "plain" else None
-        listeners.append(
-            TCPListener(
-                _name("tcp", mode),
-                addr[0],
-                addr[1],
-                broker,
-                MQTTSettings.from_config(cfg, section),
-                flusher,
-                section.max_connections,
-                tls=tls,
-                conn_limiter=limits.connections,
-                message_rate=limits.message,
-                subscribe_rate=limits.subscribe,
+    for kind, cls in (("tcp", TCPListener), ("websocket", WSListener)):
+        for mode, section, addr, tls in _enabled(cfg, kind):
+            extra = (
+                {"path": section.path, "allowed_origins": section.allowed_origins}
+                if kind == "websocket"
+                else {}
             )
-        )
-    for mode in MODES:
-        section = getattr(cfg.server.websocket, mode)
-        addr = parse_addr(section.addr)
-        if addr is None:
-            continue
-        tls = ServerTLS(section, f"server.websocket.{mode}") if mode != "plain" else None
-        listeners.append(
-            WSListener(
-                _name("websocket", mode),
-                addr[0],
-                addr[1],
-                broker,
-                MQTTSettings.from_config(cfg, section),
-                flusher,
-                section.max_connections,
-                tls=tls,
-                conn_limiter=limits.connections,
-                message_rate=limits.message,
-                subscribe_rate=limits.subscribe,
-                path=section.path,
-                allowed_origins=section.allowed_origins,
+            listeners.append(
+                cls(
+                    _name(kind, mode),
+                    addr[0],
+                    addr[1],
+                    broker,
+                    MQTTSettings.from_config(cfg, section),
+                    flusher,
+                    section.max_connections,
+                    tls=tls,
+                    conn_limiter=limits.connections,
+                    message_rate=limits.message,
+                    subscribe_rate=limits.subscribe,
+                    **extra,
+                )
             )
-        )
-    for mode in MODES:
-        section = getattr(cfg.server.http, mode)
-        addr = parse_addr(section.addr)
-        if addr is None:
-            continue
-        tls = ServerTLS(section, f"server.http.{mode}") if mode != "plain" else None
+    for mode, section, addr, tls in _enabled(cfg, "http"):
         bridge = Bridge(
             broker,
             cfg.broker.max_message_size,
