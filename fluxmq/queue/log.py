@@ -254,6 +254,11 @@ class PartitionLog:
         """Compaction: `new` (same base) takes the place of `old`."""
         i = self.segments.index(old)
         self.segments[i] = new
+        # Entries of that segment still in memory would show what compaction removed.
+        while self.cache and self.cache[0].offset < old.next_offset:
+            e = self.cache.popleft()
+            self.cache_bytes -= e.size
+        self.cache_start = self.cache[0].offset if self.cache else self.end
 
     def rebuild_latest(self) -> None:
         """The newest offset of every partition key (for compaction), from the files."""
