@@ -9,6 +9,7 @@
     DELETE /api/v1/retained/{topic}                 clear one retained message
     GET    /api/v1/stats                            counters and gauges
     POST   /api/v1/reload                           re-read the configuration (as SIGHUP)
+    ...    /api/v1/queues...                        durable queues (fluxmq.ops.queue_api)
     GET    /api/v1/openapi.json                     the OpenAPI 3 document of all this
 
 Path parameters are percent-encoded (`/api/v1/clients/a%2Fb` is client `a/b`; a topic may
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, unquote
 from fluxmq import __version__
 from fluxmq._speedups import codec
 from fluxmq._speedups.message import Message
+from fluxmq.ops import queue_api
 from fluxmq.transport.http import Request, Response, error_response, json_response
 
 PREFIX = "/api/v1/"
@@ -130,6 +132,8 @@ class AdminAPI:
             return self._only(m, "GET") or self.stats()
         if rest == "reload":
             return self._only(m, "POST") or self.reload()
+        if parts[0] == "queues":  # durable queues: fluxmq.ops.queue_api
+            return queue_api.route(self.node, req, parts[1:], q)
         return error_response(404, f"not found: {req.path}")
 
     @staticmethod
@@ -325,3 +329,4 @@ OPENAPI = {
                                          "responses": {"200": {"description": "OK"}}}},
     },
 }  # fmt: skip
+OPENAPI["paths"].update(queue_api.OPENAPI_PATHS)
