@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import persist
 
     persist.add_arguments(per)
+    qb = subs.add_parser("queue", help="durable queues: FluxMQ vs RabbitMQ and NATS JetStream")
+    from bench import queue as queue_bench
+
+    queue_bench.add_arguments(qb)
     cmp = subs.add_parser("compare", help="Mosquitto vs FluxMQ, side by side")
     from bench import compare
 
@@ -219,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import persist
 
         return persist.main(a)
+    if a.cmd == "queue":
+        from bench import queue as queue_bench
+
+        return queue_bench.main(a)
     if a.cmd == "compare":
         from bench import compare
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, the programs FluxMQ's build, tests and benchmarks need,
 # only where they are missing. Runs as root on a Debian machine (the README's set-up).
-#   install-peers.sh compiler | python-venv | test | bench
+#   install-peers.sh compiler | python-venv | test | bench | queue-bench
 set -euo pipefail
 
 need=()
@@ -31,7 +31,11 @@ case "${1:-test}" in
   bench)
     want mosquitto mosquitto
     ;;
-  *) echo "usage: $0 compiler|python-venv|test|bench" >&2; exit 2 ;;
+  queue-bench)  # python -m bench queue: the durable-queue peers
+    want rabbitmq-server rabbitmq-server
+    want nats-server nats-server
+    ;;
+  *) echo "usage: $0 compiler|python-venv|test|bench|queue-bench" >&2; exit 2 ;;
 esac
 
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -8,6 +8,8 @@ from fluxmq._speedups.message cimport Message
 
 cdef class FileHandle:
     cdef public int fd
+    cdef public long long written         # the last write (a turn number) made to it
+    cdef public long long synced          # the last write an fsync is known to cover
 
 
 cdef class Entry:

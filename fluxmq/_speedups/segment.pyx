@@ -223,6 +223,17 @@ cdef class FileHandle:
         if r != 0:
             raise OSError(errno, os.strerror(errno))
 
+    def sync_upto(self, long long turn):
+        """fsync unless an fsync since the write of `turn` already covers it (fsyncs of
+        several turns queued behind each other become one: a group commit)."""
+        cdef long long w
+        if self.synced >= turn:
+            return
+        w = self.written        # every write up to turn `w` is done: this fsync covers them
+        self.fsync()
+        if w > self.synced:
+            self.synced = w
+
     def close(self):
         if self.fd >= 0:
             close(self.fd)

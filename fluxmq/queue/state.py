@@ -131,6 +131,7 @@ class QueueState:
         self._dirty_logs: list = []  # logs with appends this turn
         self._unsynced: dict[int, object] = {}  # id -> FileHandle written, not yet fsynced
         self._state_unsynced = False
+        self._turn = 0  # end_turn calls, numbering the writes for FileHandle.sync_upto
         self.request: Callable[[], None] | None = None  # asks for an end-of-turn run
         self.failed = False  # the last turn could not be written
         self._sync_task: asyncio.Task | None = None
@@ -285,10 +286,14 @@ class QueueState:
             if not handles and not changes:
                 return None
             kv = self.kv
+            self._turn += 1
+            turn = self._turn
+            for fh in handles:
+                fh.written = turn
 
             def sync() -> None:
                 for fh in handles:
-                    fh.fsync()
+                    fh.sync_upto(turn)
                 if changes:
                     kv.commit(changes, True)
 
