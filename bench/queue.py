@@ -483,9 +483,8 @@ class Server:
         runs under Debian's wrapper)."""
         if self.proc is None:
             return 0.0
-        leader = self.proc.pid
         tick = os.sysconf("SC_CLK_TCK")
-        total = 0
+        stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, CPU ticks)
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -494,9 +493,15 @@ class Server:
                     fields = f.read().rsplit(b")", 1)[1].split()
             except OSError:
                 continue
-            # fields[3] = pgrp... (after the command): state ppid pgrp session ...
-            if int(entry) == leader or int(fields[3]) == leader:
-                total += int(fields[11]) + int(fields[12])
+            # after the command: state ppid pgrp session ... utime (11) stime (12)
+            stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        total = 0
+        for pid, (_, ticks) in stats.items():
+            p = pid
+            while p in stats and p != self.proc.pid:  # is it the server or a descendant?
+                p = stats[p][0]
+            if p == self.proc.pid:
+                total += ticks
         return total / tick
 
 

@@ -23,6 +23,7 @@ Keys of the state database:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import struct
@@ -132,6 +133,10 @@ class QueueState:
         self._unsynced: dict[int, object] = {}  # id -> FileHandle written, not yet fsynced
         self._state_unsynced = False
         self._turn = 0  # end_turn calls, numbering the writes for FileHandle.sync_upto
+        # fsync: always: state changes waiting for the writer thread, (turn, changes) in order;
+        # the first sync to run commits all of them at once (a group commit)
+        self._commits: collections.deque = collections.deque()
+        self._committed_turn = 0
         self.request: Callable[[], None] | None = None  # asks for an end-of-turn run
         self.failed = False  # the last turn could not be written
         self._sync_task: asyncio.Task | None = None
@@ -291,11 +296,13 @@ class QueueState:
             for fh in handles:
                 fh.written = turn
 
+            if changes:
+                self._commits.append((turn, changes))
+
             def sync() -> None:
                 for fh in handles:
                     fh.sync_upto(turn)
-                if changes:
-                    kv.commit(changes, True)
+                self._commit_upto(turn, kv)
 
             return sync
         if changes:
@@ -304,6 +311,21 @@ class QueueState:
         for fh in handles:
             self._unsynced[id(fh)] = fh
         return None
+
+    def _commit_upto(self, turn: int, kv) -> None:
+        """In the storage writer thread (in turn order): commit, with one fsync, every state
+        change queued so far, unless a commit after this turn's changes already did."""
+        if self._committed_turn >= turn:
+            return
+        batch: dict[bytes, bytes | None] = {}
+        last = turn
+        while self._commits:
+            t, changes = self._commits.popleft()
+            batch.update(changes)
+            last = max(last, t)
+        if batch:
+            kv.commit(batch, True)
+        self._committed_turn = last
 
     def flush_now(self) -> None:
         """Write and fsync everything (at shutdown)."""
