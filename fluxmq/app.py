@@ -263,11 +263,11 @@ class Node:
             await asyncio.sleep(0.02)
         for listener in self.listeners:
             await listener.wait_closed()
+        if self.store is not None:
+            self.store.close()  # first: its writer thread may still run the queues' fsyncs
+            self.store = None
         if self.queues is not None:
             self.queues.close()
-        if self.store is not None:
-            self.store.close()
-            self.store = None
         if self.webhooks is not None:
             await self.webhooks.stop()
         if self.loop_lag is not None:
