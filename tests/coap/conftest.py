@@ -225,14 +225,20 @@ class RawCoAP:
             return None
         return Message.decode(data)
 
-    def ask(self, m: Message, timeout: float = 3.0) -> Message:
-        """Send a request and return the response with its token (skipping anything else)."""
+    def ask(self, m: Message, timeout: float = 8.0) -> Message:
+        """Send a request and return the response with its token (skipping anything else). A
+        confirmable request is retransmitted, same message id, as RFC 7252 4.2 has a client do
+        (every second here: the test's bound, not the RFC's 2 s back-off), until `timeout`."""
         self.send(m)
         deadline = time.monotonic() + timeout
+        resend = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            r = self.recv(max(0.01, deadline - time.monotonic()))
+            r = self.recv(max(0.01, min(deadline, resend) - time.monotonic()))
             if r is not None and r.token == m.token and r.code != aiocoap.EMPTY:
                 return r
+            if m.mtype == aiocoap.CON and time.monotonic() >= resend:
+                self.send(m)
+                resend = time.monotonic() + 1.0
         raise AssertionError(f"no response to {m}")
 
     def ack(self, m: Message) -> None:
