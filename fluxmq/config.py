@@ -1623,7 +1623,6 @@ class WebhookConfig(Section):
     )
 
 
-
 def _queue_topic_problem(topic_filter: str) -> str | None:
     problem = _filter_problem(topic_filter)
     if problem is None and topic_filter.split("/", 1)[0] == "$queue":
@@ -1682,8 +1681,12 @@ class QueueDLQConfig(Section):
 
     def check(self, key: str) -> None:
         t = self.topic
-        if t and (not t.startswith("$queue/") or queue_name_problem(t.split("/")[1]) or
-                  _filter_problem(t) or any(c in t for c in "+#")):
+        if t and (
+            not t.startswith("$queue/")
+            or queue_name_problem(t.split("/")[1])
+            or _filter_problem(t)
+            or any(c in t for c in "+#")
+        ):
             raise ConfigError(
                 f"{key}.topic: expected a $queue/<queue>[/<routing key>] topic, got {_show(t)}",
                 f"{key}.topic",
@@ -2042,8 +2045,13 @@ def render_docs_reference() -> str:
                 out += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
             continue
         if "." not in entry.key:  # a top-level setting: a table of its own
-            out += ["", f"### `{entry.key}`", "", "| Key | Type | Default | Description |",
-                    "|---|---|---|---|"]
+            out += [
+                "",
+                f"### `{entry.key}`",
+                "",
+                "| Key | Type | Default | Description |",
+                "|---|---|---|---|",
+            ]
         cells = [
             f"`{entry.key}`",
             entry.kind.describe(),
