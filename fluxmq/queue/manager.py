@@ -589,7 +589,7 @@ class QueueManager:
         n = sum(plog.end - plog.start for plog in q.logs)
         for plog in q.logs:
             plog.active.flush()  # this turn's appends go too
-            plog.roll()
+            self.state.roll(plog)
             self.state.remove_segments(plog, list(plog.segments[:-1]))
             plog.purge()
         for g in q.groups.values():

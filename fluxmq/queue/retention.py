@@ -33,7 +33,7 @@ def apply(queue) -> dict:
     for plog in queue.logs:
         seg = plog.active
         if seg.pending == 0 and seg.size and now_ms - seg.first_ts >= r.segment_age * 1000:
-            plog.roll()
+            queue.state.roll(plog)
             done["rolled"] += 1
     if r.max_age:
         limit = now_ms - r.max_age * 1000
@@ -56,7 +56,7 @@ def apply(queue) -> dict:
             _remove(queue, plog, [seg], done)
     if r.compaction:
         for plog in queue.logs:
-            if compact_one(plog):
+            if compact_one(plog, queue.state):
                 done["compacted"] += 1
     return done
 
@@ -74,7 +74,7 @@ def _remove(queue, plog, segments: list, done: dict) -> None:
     )  # fmt: skip
 
 
-def compact_one(plog) -> bool:
+def compact_one(plog, state) -> bool:
     """Rewrite the oldest sealed segment that has messages superseded by a newer message of
     the same partition key. Returns True if one was rewritten."""
     if plog.latest is None or plog.compacting:
@@ -100,7 +100,7 @@ def compact_one(plog) -> bool:
             return False
         finally:
             plog.compacting = False
-        plog.replace(seg, new)
+        state.replace_segment(plog, seg, new)
         log.info(
             "queue segment compacted",
             extra={"path": seg.path, "kept": len(keep), "removed": len(entries) - len(keep)},

@@ -1,8 +1,9 @@
 """QueueState: every durable change of the queues goes through here.
 
 This is the seam where replication plugs in. Each method below is one command: an append to a
-partition's log, or a change of a queue definition or of a consumer group's state (its cursor,
-a pending delivery with its delivery count and deadline, a consumer's registration). The local
+partition's log (or a segment of it rolled, removed by retention or rewritten by compaction), or
+a change of a queue definition or of a consumer group's state (its cursor, a pending delivery
+with its delivery count and deadline, a consumer's registration). The local
 implementation applies them at once: appends go to the segment files, state changes to an LMDB
 environment beside the broker's (`<storage.path>/queues/state`), both made durable at the end of
 the loop turn, before the turn's output (its PUBACKs) is written. A Raft-replicated
@@ -155,6 +156,15 @@ class QueueState:
     def remove_segments(self, plog, segments: list) -> None:
         """Retention and purge: whole segments leave a log."""
         plog.remove(segments)
+
+    def roll(self, plog) -> None:
+        """Seal a log's active segment and start the next (segment age, purge; a full segment
+        rolls in end_turn)."""
+        plog.roll()
+
+    def replace_segment(self, plog, old, new) -> None:
+        """Compaction: a sealed segment rewritten without superseded messages."""
+        plog.replace(old, new)
 
     def forget_logs(self, logs: list) -> None:
         """A deleted queue's logs: nothing more to write."""
