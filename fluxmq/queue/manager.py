@@ -38,7 +38,7 @@ from fluxmq.queue.durable import (
     TOPIC_NAME_INVALID,
     DurableQueue,
 )
-from fluxmq.queue.group import DELIVERED, Consumer, Group
+from fluxmq.queue.group import DELIVERED, DONE, Consumer, Group
 from fluxmq.queue.settings import definition
 from fluxmq.queue.state import QueueState
 from fluxmq.queue.topics import ACK_VERBS, PREFIX, matcher, split
@@ -303,6 +303,12 @@ class QueueManager:
                 if lst and c in lst:
                     lst.remove(c)
                 self.state.delete_consumer(c.client_id, name, c.pattern)
+            g.consumers.clear()
+            for gp in g.parts:  # deliveries still in flight are settled by nothing any more
+                for p in gp.pending.values():
+                    p.state = DONE
+                gp.pending.clear()
+        self._cursors = {gp for gp in self._cursors if gp.group.queue is not q}
         self.state.delete_queue(name)
         self.state.forget_logs(q.logs)
         q.close()

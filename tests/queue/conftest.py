@@ -70,7 +70,7 @@ class Client:
         if self.version == V5 and hasattr(m.properties, "UserProperty"):
             up = dict(m.properties.UserProperty)
         rec = {"topic": m.topic, "payload": m.payload, "props": up, "qos": m.qos,
-               "t": time.monotonic()}  # fmt: skip
+               "mid": m.mid, "t": time.monotonic()}  # fmt: skip
         with self.lock:
             self.messages.append(rec)
         if self.on_message_cb is not None:

@@ -146,3 +146,30 @@ def test_a_restart_keeps_queues_groups_positions_and_persistent_consumers(broker
     pub = clients(b.port, "pub")
     pub.publish("$queue/auto/x", b"5")
     wait_for(lambda: again.payloads()[-1:] == [b"5"])
+
+
+def test_deleting_a_queue_under_its_consumers(broker_factory, clients):
+    b, ports = start(broker_factory, {**qconfig(), "broker": {"max_inflight": 2}}, api=True)
+    call = _api(ports)
+    legacy = clients(b.port, "legacy", version=4)  # acknowledges with PUBACK, later
+    legacy.c.manual_ack_set(True)
+    legacy.subscribe("$queue/tmp")
+    v5 = clients(b.port, "v5")
+    v5.subscribe("$queue/tmp", consumer_group="g")
+    pub = clients(b.port, "pub")
+    for i in range(5):
+        pub.publish("$queue/tmp/x", str(i).encode())
+    wait_for(lambda: len(legacy.got()) == 2 and len(v5.got()) == 2)  # their windows: 2
+    assert call("DELETE", "/queues/tmp")[0] == 200
+    for m in legacy.got():  # PUBACKs of deliveries whose queue is gone
+        legacy.c.ack(m["mid"], 1)
+    time.sleep(0.3)
+    assert len(legacy.got()) == 2  # nothing more from the deleted queue
+    code, why = v5.settle("ack", v5.got()[0])
+    assert code == 0x90 and "tmp" in why
+    # the queue comes back empty (auto-created), and both clients are still connected
+    assert pub.publish("$queue/tmp/x", b"again") == (0, None)
+    con = clients(b.port, "new")
+    con.subscribe("$queue/tmp", consumer_group="n", cursor="earliest")
+    wait_for(lambda: con.payloads() == [b"again"])
+    assert legacy.c.is_connected() and v5.c.is_connected()
