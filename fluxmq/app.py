@@ -70,8 +70,11 @@ class Node:
     def _new_session(self, client_id: str, expiry_interval: int) -> Session:
         s = self.cfg.session
         return Session(
-            client_id, expiry_interval, self.cfg.broker.max_inflight,
-            s.max_offline_queue_size, s.offline_queue_policy == "reject",
+            client_id,
+            expiry_interval,
+            self.cfg.broker.max_inflight,
+            s.max_offline_queue_size,
+            s.offline_queue_policy == "reject",
         )
 
     async def start(self) -> None:
@@ -146,8 +149,9 @@ class Node:
         api = cfg.server.api
         if api.addr:
             host, port = parse_addr(api.addr)
-            self.api = HTTPListener("api", host, port, AdminAPI(self), read_timeout=10.0,
-                                    max_body=65536)
+            self.api = HTTPListener(
+                "api", host, port, AdminAPI(self), read_timeout=10.0, max_body=65536
+            )
             try:
                 await self.api.start()
             except OSError as exc:
@@ -173,8 +177,12 @@ class Node:
             details["state"] = "stopping"
         elif not self.started:
             details["state"] = "starting"
-        ready = (self.started and not self.stopping and self.storage_open
-                 and all(details["listeners"].values()))
+        ready = (
+            self.started
+            and not self.stopping
+            and self.storage_open
+            and all(details["listeners"].values())
+        )
         return ready, details
 
     def cluster_status(self) -> dict:
@@ -234,8 +242,7 @@ class Node:
             try:
                 tls.reload()
             except ConfigError as exc:
-                log.error("certificates not reloaded: %s", exc,
-                          extra={"listener": listener.name})
+                log.error("certificates not reloaded: %s", exc, extra={"listener": listener.name})
             else:
                 log.info("certificates reloaded", extra={"listener": listener.name})
 

@@ -1081,7 +1081,7 @@ class CoAPListenerConfig(Section):
     addr: str = setting(
         Addr(),
         ":5683",
-        'Listen address (UDP) of the CoAP bridge (`/mqtt/publish/...`, `/mqtt/subscribe/...`, '
+        "Listen address (UDP) of the CoAP bridge (`/mqtt/publish/...`, `/mqtt/subscribe/...`, "
         '`/health`): "host:port", ":port", "[ipv6]:port", or "" to disable it.',
     )
     block_size: int = setting(
@@ -1409,7 +1409,6 @@ class RateLimitConfig(Section):
         "SUBSCRIBE topic filters per client (MQTT 5: SUBACK 0x97 for each filter over the "
         "limit; MQTT 3.1.1: 0x80).",
     )
-
 
 
 def _events_problem(name: str) -> str | None:

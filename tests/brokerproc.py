@@ -39,7 +39,9 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def wait_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(
+    host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -55,7 +57,9 @@ def wait_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Pope
 class BrokerProc:
     """One broker process. `config` is FluxMQ's YAML tree (as a dict) for this broker."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, port: int | None = None):
+    def __init__(
+        self, workdir: Path, config: dict[str, Any] | None = None, port: int | None = None
+    ):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -88,7 +92,10 @@ class BrokerProc:
             cfg.write_text(yaml.safe_dump(self.config))
             cmd = [sys.executable, "-m", "fluxmq", "serve", "--config", str(cfg)]
         self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         wait_port(self.host, self.port, timeout, self.proc)

@@ -342,11 +342,14 @@ class Broker:
             self._end_session(s)
         log.info(
             "state loaded from storage",
-            extra={"sessions": len(self.sessions), "retained": len(self.retained),
-                   "expired": len(expired), "wills": len(due_wills)},
+            extra={
+                "sessions": len(self.sessions),
+                "retained": len(self.retained),
+                "expired": len(expired),
+                "wills": len(due_wills),
+            },
         )
 
     def client_count(self) -> tuple[int, int]:
         """(connected, total sessions)."""
         return len(self.outlets), len(self.sessions)
-

@@ -119,7 +119,9 @@ class RetainedStore:
                     self._clear(m.topic, m.topic.startswith("$SYS/"))
         return live
 
-    def _walk(self, node: _Level, levels: list[str], i: int, out: list[Message], first: bool) -> None:
+    def _walk(
+        self, node: _Level, levels: list[str], i: int, out: list[Message], first: bool
+    ) -> None:
         if i == len(levels):
             if node.message is not None:
                 out.append(node.message)

@@ -38,15 +38,18 @@ class Will:
 class WillScheduler:
     """Pending wills by client id; `publish` is the broker's publish entry point."""
 
-    def __init__(self, publish: Callable[[Message], object], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, publish: Callable[[Message], object], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._publish = publish
         self._loop = loop
         self._pending: dict[str, tuple[Will, asyncio.TimerHandle]] = {}
         self.published = 0
         self.on_fired: Callable[[str], None] | None = None  # storage forgets a sent will
 
-    def schedule(self, client_id: str, will: Will, session_ends_in: float | None,
-                 delay: float | None = None) -> float:
+    def schedule(
+        self, client_id: str, will: Will, session_ends_in: float | None, delay: float | None = None
+    ) -> float:
         """Start the will's clock. `session_ends_in`: seconds until the session expires
         (None = never); the will goes at the earlier of that and its own delay (or `delay`,
         what is left of it after a restart). Returns the seconds until it goes (0: sent)."""

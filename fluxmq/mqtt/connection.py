@@ -70,22 +70,32 @@ class Connection(ChannelCore):
             self.broker.hooks.client_disconnected(self.client_id, self.close_reason, self.remote)
             log.info(
                 "client disconnected",
-                extra={"client_id": self.client_id, "remote": self.remote,
-                       "reason": f"0x{self.close_reason:02X}"},
+                extra={
+                    "client_id": self.client_id,
+                    "remote": self.remote,
+                    "reason": f"0x{self.close_reason:02X}",
+                },
             )
 
     def on_violation(self, exc) -> None:
         if isinstance(exc, codec.UnsupportedProtocol):
             refuse_protocol(self, exc.protocol_level)
         log.info(
-            "closing client: %s", exc,
-            extra={"client_id": self.client_id, "remote": self.remote,
-                   "reason": f"0x{getattr(exc, 'reason_code', 0x81):02X}"},
+            "closing client: %s",
+            exc,
+            extra={
+                "client_id": self.client_id,
+                "remote": self.remote,
+                "reason": f"0x{getattr(exc, 'reason_code', 0x81):02X}",
+            },
         )
 
     def on_error(self, exc) -> None:
-        log.error("internal error on a client connection", exc_info=exc,
-                  extra={"client_id": self.client_id, "remote": self.remote})
+        log.error(
+            "internal error on a client connection",
+            exc_info=exc,
+            extra={"client_id": self.client_id, "remote": self.remote},
+        )
 
     # -- called by the broker ---------------------------------------------------------------------
 

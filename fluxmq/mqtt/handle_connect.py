@@ -117,9 +117,12 @@ def handle_connect(conn, pkt: codec.Connect) -> None:
     if pkt.will is not None:
         if v == 5 and pkt.will.qos > s.max_qos:
             return refuse(conn, rc.QOS_NOT_SUPPORTED, "will QoS above the maximum QoS")
-        if (v == 5 and pkt.will.properties is not None
-                and pkt.will.properties.payload_format_indicator == 1
-                and not _utf8(pkt.will.payload)):
+        if (
+            v == 5
+            and pkt.will.properties is not None
+            and pkt.will.properties.payload_format_indicator == 1
+            and not _utf8(pkt.will.payload)
+        ):
             return refuse(conn, rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
         will = _will(pkt.will, client_id, v)
 
@@ -129,16 +132,35 @@ def handle_connect(conn, pkt: codec.Connect) -> None:
         if identity is None:
             return refuse(conn, rc.NOT_AUTHORIZED, "a client certificate is required")
         username = identity
-    info = ClientInfo(client_id, username, pkt.password, conn.remote, _PROTOCOLS[v],
-                      conn.listener.name, identity, sans,
-                      verified=bool(conn.listener.use_identity_as_username),
-                      clean_start=pkt.clean_start, keepalive=keepalive)
+    info = ClientInfo(
+        client_id,
+        username,
+        pkt.password,
+        conn.remote,
+        _PROTOCOLS[v],
+        conn.listener.name,
+        identity,
+        sans,
+        verified=bool(conn.listener.use_identity_as_username),
+        clean_start=pkt.clean_start,
+        keepalive=keepalive,
+    )
 
     def finish(refusal: int) -> None:
         if refusal:
             return refuse(conn, refusal)
-        _accept(conn, pkt, info, props, keepalive, server_keepalive, expiry, returned_expiry,
-                will, assigned)
+        _accept(
+            conn,
+            pkt,
+            info,
+            props,
+            keepalive,
+            server_keepalive,
+            expiry,
+            returned_expiry,
+            will,
+            assigned,
+        )
 
     result = broker.hooks.authenticate(info)
     if isinstance(result, int):
@@ -165,8 +187,9 @@ async def _await_auth(conn, pending, finish) -> None:
         conn.resume_input()
 
 
-def _accept(conn, pkt, info, props, keepalive, server_keepalive, expiry, returned_expiry, will,
-            assigned) -> None:
+def _accept(
+    conn, pkt, info, props, keepalive, server_keepalive, expiry, returned_expiry, will, assigned
+) -> None:
     s = conn.listener.settings
     broker = conn.broker
     v = conn.version
@@ -209,9 +232,15 @@ def _accept(conn, pkt, info, props, keepalive, server_keepalive, expiry, returne
     conn.authz_last = None
     log.info(
         "client connected",
-        extra={"client_id": client_id, "remote": conn.remote, "username": username,
-               "protocol": info.protocol, "listener": info.listener,
-               "clean_start": pkt.clean_start, "keepalive": keepalive,
-               "session_present": result.present},
+        extra={
+            "client_id": client_id,
+            "remote": conn.remote,
+            "username": username,
+            "protocol": info.protocol,
+            "listener": info.listener,
+            "clean_start": pkt.clean_start,
+            "keepalive": keepalive,
+            "session_present": result.present,
+        },
     )
     broker.resume_session(result.session, conn)

@@ -73,8 +73,13 @@ def handle_subscribe(conn, pkt: codec.Subscribe) -> None:
                 queue_starts.append(begin)
             continue
         sub = Subscription(
-            session, inner, qos, share_group=group, no_local=req.no_local,
-            retain_as_published=req.retain_as_published, retain_handling=req.retain_handling,
+            session,
+            inner,
+            qos,
+            share_group=group,
+            no_local=req.no_local,
+            retain_as_published=req.retain_as_published,
+            retain_handling=req.retain_handling,
             identifier=sub_id,
         )
         granted.append((sub, broker.subscribe(session, sub)))

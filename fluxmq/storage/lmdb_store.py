@@ -54,8 +54,17 @@ log = logging.getLogger("fluxmq.storage")
 
 # Database indexes.
 META, SESSIONS, WILLS, SUBS, QUEUE, INFLIGHT, REL, MSGS, RETAINED = range(9)
-_NAMES = (b"meta", b"sessions", b"wills", b"subs", b"queue", b"inflight", b"rel", b"msgs",
-          b"retained")
+_NAMES = (
+    b"meta",
+    b"sessions",
+    b"wills",
+    b"subs",
+    b"queue",
+    b"inflight",
+    b"rel",
+    b"msgs",
+    b"retained",
+)
 _J = b"j"  # journal records live in `meta` under b"j" + u64 id (ids in order)
 _COMPACT_EVERY = 1.0  # seconds between compactions of the journal into the main databases
 _COMPACT_AT = 50000  # ... or once this many keys changed
@@ -127,8 +136,13 @@ class LMDBStore(StoreCore):
         self._lock()
         try:
             self.env = lmdb.open(
-                str(self.path), map_size=_INITIAL_MAP, max_dbs=len(_NAMES) + 2, subdir=True,
-                sync=self.fsync == "always", metasync=self.fsync == "always", lock=True,
+                str(self.path),
+                map_size=_INITIAL_MAP,
+                max_dbs=len(_NAMES) + 2,
+                subdir=True,
+                sync=self.fsync == "always",
+                metasync=self.fsync == "always",
+                lock=True,
                 readahead=False,
             )
             if self.env.info()["map_size"] < _INITIAL_MAP:
@@ -428,8 +442,11 @@ class LMDBStore(StoreCore):
         nkeys = sum(len(a) for a in self._acc)
         if not nkeys:
             return
-        if (nkeys < _COMPACT_AT and self._acc_bytes < _COMPACT_BYTES
-                and time.monotonic() - self._last_compact < _COMPACT_EVERY):
+        if (
+            nkeys < _COMPACT_AT
+            and self._acc_bytes < _COMPACT_BYTES
+            and time.monotonic() - self._last_compact < _COMPACT_EVERY
+        ):
             return
         self._snap = [(db, k, v) for db, acc in enumerate(self._acc) for k, v in acc.items()]
         self._snap_pos = 0
@@ -497,8 +514,11 @@ class LMDBStore(StoreCore):
                         if cur.set_range(_J):
                             while True:  # journal ids are in order: delete from the first on
                                 key = bytes(cur.key())
-                                if (not key.startswith(_J) or R.read_u64(key[1:]) > b.upto
-                                        or not cur.delete()):
+                                if (
+                                    not key.startswith(_J)
+                                    or R.read_u64(key[1:]) > b.upto
+                                    or not cur.delete()
+                                ):
                                     break
                 self.commits += 1
                 return
@@ -620,8 +640,11 @@ class LMDBStore(StoreCore):
         now = time.monotonic()
         if now - self._last_full_log > 10:
             self._last_full_log = now
-            log.error("storage write failed, refusing new persistent work: %s", error,
-                      extra={"path": str(self.path)})
+            log.error(
+                "storage write failed, refusing new persistent work: %s",
+                error,
+                extra={"path": str(self.path)},
+            )
         if not self.full:
             self._set_full(True)
             if self.loop is not None:
@@ -669,9 +692,13 @@ class LMDBStore(StoreCore):
 
     def stats(self) -> dict:
         info = self.env.info() if self.env is not None else {}
-        return {"commits": self.commits, "map_size": info.get("map_size", 0),
-                "shared_bodies": len(self._refs), "full": self.full,
-                "pending_keys": sum(len(a) for a in self._acc) + len(self._snap) - self._snap_pos}
+        return {
+            "commits": self.commits,
+            "map_size": info.get("map_size", 0),
+            "shared_bodies": len(self._refs),
+            "full": self.full,
+            "pending_keys": sum(len(a) for a in self._acc) + len(self._snap) - self._snap_pos,
+        }
 
 
 class _Batch:

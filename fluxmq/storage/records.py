@@ -154,7 +154,12 @@ def decode_subscription(session: Session, full_filter: str, data: bytes) -> Subs
     if full_filter.startswith("$share/"):
         _, group, topic_filter = full_filter.split("/", 2)
     return Subscription(
-        session, topic_filter, qos, share_group=group, no_local=bool(no_local),
-        retain_as_published=bool(rap), retain_handling=rh,
+        session,
+        topic_filter,
+        qos,
+        share_group=group,
+        no_local=bool(no_local),
+        retain_as_published=bool(rap),
+        retain_handling=rh,
         identifier=None if ident < 0 else ident,
     )

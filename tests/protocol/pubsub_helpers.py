@@ -45,12 +45,31 @@ QUIET = 0.4
 # -- packet types -----------------------------------------------------------------------------
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = (
-    8, 9, 10, 11, 12, 13, 14, 15,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
 )
 PACKET_NAMES = {
-    1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL",
-    7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK",
-    12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT", 15: "AUTH",
+    1: "CONNECT",
+    2: "CONNACK",
+    3: "PUBLISH",
+    4: "PUBACK",
+    5: "PUBREC",
+    6: "PUBREL",
+    7: "PUBCOMP",
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    12: "PINGREQ",
+    13: "PINGRESP",
+    14: "DISCONNECT",
+    15: "AUTH",
 }
 
 # -- MQTT 5 property identifiers ----------------------------------------------------------------
@@ -239,7 +258,9 @@ def sub_opts(
 
 
 def build_subscribe(
-    pid: int, filters: Sequence[tuple[str | bytes, int]], props: PropList | None = None,
+    pid: int,
+    filters: Sequence[tuple[str | bytes, int]],
+    props: PropList | None = None,
     version: int = 5,
 ) -> bytes:
     """SUBSCRIBE (3.8) with (filter, options byte) pairs."""
@@ -541,8 +562,9 @@ class RawClient:
         while True:
             p = self._read_packet(max(0.0, deadline - time.monotonic()))
             if p is None:
-                raise AssertionError(f"no {PACKET_NAMES[ptype]} within {timeout}s; "
-                                     f"queued: {self.pending}")
+                raise AssertionError(
+                    f"no {PACKET_NAMES[ptype]} within {timeout}s; queued: {self.pending}"
+                )
             if p.ptype == ptype:
                 return p
             self.pending.append(p)
@@ -701,7 +723,8 @@ class RawClient:
             assert p.topic, "PUBLISH with empty topic and no Topic Alias"
             return p.topic
         assert 0 < alias <= max_alias, (
-            f"server used Topic Alias {alias} outside 1..{max_alias} [MQTT-3.3.2-11]")
+            f"server used Topic Alias {alias} outside 1..{max_alias} [MQTT-3.3.2-11]"
+        )
         if p.topic:
             self.aliases[alias] = p.topic
             return p.topic
@@ -744,8 +767,11 @@ class PahoClient:
             self.connect_props.SessionExpiryInterval = session_expiry
         proto = mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311
         self.c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto,
-            clean_session=None if version == 5 else clean, manual_ack=manual_ack,
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=proto,
+            clean_session=None if version == 5 else clean,
+            manual_ack=manual_ack,
         )
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
@@ -816,8 +842,9 @@ class PahoClient:
     ) -> list[int]:
         """Subscribe and return the SUBACK reason codes."""
         if self.version == 5:
-            rc, mid = self.c.subscribe(topic, options=options or SubscribeOptions(qos=qos),
-                                       properties=props)
+            rc, mid = self.c.subscribe(
+                topic, options=options or SubscribeOptions(qos=qos), properties=props
+            )
         else:
             rc, mid = self.c.subscribe(topic, qos)
         assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
@@ -904,13 +931,32 @@ def sub_ids(msg: mqtt.MQTTMessage) -> list[int]:
 # Debian's mosquitto command-line clients
 # ================================================================================================
 def mosquitto_pub(
-    broker: BrokerProc, topic: str, message: str, qos: int = 0, version: int = 5,
-    retain: bool = False, extra: Iterable[str] = (),
+    broker: BrokerProc,
+    topic: str,
+    message: str,
+    qos: int = 0,
+    version: int = 5,
+    retain: bool = False,
+    extra: Iterable[str] = (),
 ) -> None:
     """Run `mosquitto_pub` once (fails the test if it exits non-zero)."""
-    cmd = ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-m",
-           message, "-q", str(qos), "-V", "mqttv5" if version == 5 else "mqttv311",
-           "-i", unique_id("mpub")]
+    cmd = [
+        "mosquitto_pub",
+        "-h",
+        broker.host,
+        "-p",
+        str(broker.port),
+        "-t",
+        topic,
+        "-m",
+        message,
+        "-q",
+        str(qos),
+        "-V",
+        "mqttv5" if version == 5 else "mqttv311",
+        "-i",
+        unique_id("mpub"),
+    ]
     if retain:
         cmd.append("-r")
     cmd += list(extra)
@@ -919,14 +965,38 @@ def mosquitto_pub(
 
 
 def start_mosquitto_sub(
-    broker: BrokerProc, topic: str, count: int, qos: int = 0, version: int = 5,
+    broker: BrokerProc,
+    topic: str,
+    count: int,
+    qos: int = 0,
+    version: int = 5,
     extra: Iterable[str] = (),
 ) -> subprocess.Popen:
     """Start `mosquitto_sub -C count -v` and wait until its subscription is in place."""
     # stdbuf: line-buffered stdout, so the debug line announcing the SUBACK can be waited for
-    cmd = ["stdbuf", "-oL", "mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-C",
-           str(count), "-q", str(qos), "-V", "mqttv5" if version == 5 else "mqttv311", "-v",
-           "-W", "5", "-i", unique_id("msub"), "-d"]
+    cmd = [
+        "stdbuf",
+        "-oL",
+        "mosquitto_sub",
+        "-h",
+        broker.host,
+        "-p",
+        str(broker.port),
+        "-t",
+        topic,
+        "-C",
+        str(count),
+        "-q",
+        str(qos),
+        "-V",
+        "mqttv5" if version == 5 else "mqttv311",
+        "-v",
+        "-W",
+        "5",
+        "-i",
+        unique_id("msub"),
+        "-d",
+    ]
     cmd += list(extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # With -d, mosquitto_sub prints "Client ... received SUBACK" once subscribed.
@@ -959,5 +1029,8 @@ def finish_mosquitto_sub(proc: subprocess.Popen) -> list[str]:
         raise AssertionError(f"mosquitto_sub did not finish: {proc.stdout.read()!r}") from None
     out = proc.stdout.read()
     proc.stdout.close()
-    return [ln for ln in out.splitlines()
-            if ln and not ln.startswith(("Client ", "Subscribed (", "Timed out"))]
+    return [
+        ln
+        for ln in out.splitlines()
+        if ln and not ln.startswith(("Client ", "Subscribed (", "Timed out"))
+    ]

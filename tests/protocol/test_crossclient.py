@@ -51,9 +51,14 @@ def test_v5_publisher_to_v311_subscriber_properties_dropped(mbroker: BrokerProc,
     no property bytes (the payload is byte-identical), same topic and QoS; also as a retained
     message at subscribe time."""
     topic = unique_topic("v5to3")
-    props = [(PAYLOAD_FORMAT_INDICATOR, 1), (MESSAGE_EXPIRY_INTERVAL, 100),
-             (CONTENT_TYPE, "text/plain"), (RESPONSE_TOPIC, f"{topic}/r"),
-             (CORRELATION_DATA, b"cd"), (USER_PROPERTY, ("k", "v"))]
+    props = [
+        (PAYLOAD_FORMAT_INDICATOR, 1),
+        (MESSAGE_EXPIRY_INTERVAL, 100),
+        (CONTENT_TYPE, "text/plain"),
+        (RESPONSE_TOPIC, f"{topic}/r"),
+        (CORRELATION_DATA, b"cd"),
+        (USER_PROPERTY, ("k", "v")),
+    ]
     with RawClient(mbroker, version=4) as sub, RawClient(mbroker) as pub:
         sub.connect()
         sub.subscribe(topic, qos=2)
@@ -76,8 +81,9 @@ def test_v5_paho_to_v311_paho(mbroker: BrokerProc) -> None:
     topic = unique_topic("p5p3")
     with PahoClient(mbroker, version=4) as sub, PahoClient(mbroker) as pub:
         sub.subscribe(topic, qos=1)
-        pub.publish(topic, b"hi", qos=1,
-                    props=v5props(PacketTypes.PUBLISH, UserProperty=[("a", "b")]))
+        pub.publish(
+            topic, b"hi", qos=1, props=v5props(PacketTypes.PUBLISH, UserProperty=[("a", "b")])
+        )
         msg = sub.get()
         assert (msg.topic, msg.payload, msg.qos) == (topic, b"hi", 1)
 
@@ -102,12 +108,32 @@ def test_mosquitto_pub_properties_to_paho(mbroker: BrokerProc) -> None:
     topic = unique_topic("mprop")
     with PahoClient(mbroker) as sub:
         sub.subscribe(topic, qos=1)
-        mosquitto_pub(mbroker, topic, "{}", qos=1, extra=[
-            "-D", "publish", "user-property", "k", "v1",
-            "-D", "publish", "user-property", "k", "v2",
-            "-D", "publish", "content-type", "application/json",
-            "-D", "publish", "response-topic", f"{topic}/reply",
-        ])
+        mosquitto_pub(
+            mbroker,
+            topic,
+            "{}",
+            qos=1,
+            extra=[
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v1",
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v2",
+                "-D",
+                "publish",
+                "content-type",
+                "application/json",
+                "-D",
+                "publish",
+                "response-topic",
+                f"{topic}/reply",
+            ],
+        )
         msg = sub.get()
         assert user_props(msg) == [("k", "v1"), ("k", "v2")]
         assert msg.properties.ContentType == "application/json"

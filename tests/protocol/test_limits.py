@@ -158,7 +158,9 @@ def _sizes_delivered(broker: BrokerProc, sizes: list[int], client_max: int) -> l
             pub.expect(PUBACK)
         assert [p.size for p in normal.publishes(len(sizes))] == sizes
         got = [p.size for p in small.quiet(0.5)]
-        assert all(size <= client_max for size in got), f"sent {got} to a client allowing {client_max}"
+        assert all(size <= client_max for size in got), (
+            f"sent {got} to a client allowing {client_max}"
+        )
         return got
 
 

@@ -78,8 +78,12 @@ def test_publish_properties_forwarded_paho(mbroker: BrokerProc, qos: int) -> Non
     with PahoClient(mbroker) as sub, PahoClient(mbroker) as pub:
         sub.subscribe(topic, qos=2)
         props = v5props(
-            PacketTypes.PUBLISH, PayloadFormatIndicator=0, ContentType="application/octet-stream",
-            ResponseTopic=f"{topic}/r", CorrelationData=b"\x10\x20", UserProperty=list(USER),
+            PacketTypes.PUBLISH,
+            PayloadFormatIndicator=0,
+            ContentType="application/octet-stream",
+            ResponseTopic=f"{topic}/r",
+            CorrelationData=b"\x10\x20",
+            UserProperty=list(USER),
         )
         pub.publish(topic, b"\x00\xff", qos=qos, props=props)
         msg = sub.get()
@@ -144,8 +148,7 @@ def test_valid_utf8_with_payload_format_indicator_accepted(mbroker: BrokerProc) 
         sub.connect()
         sub.subscribe(topic, qos=1)
         pub.connect()
-        ack = pub.publish(topic, "grüße ✓".encode(), qos=1,
-                          props=[(PAYLOAD_FORMAT_INDICATOR, 1)])
+        ack = pub.publish(topic, "grüße ✓".encode(), qos=1, props=[(PAYLOAD_FORMAT_INDICATOR, 1)])
         assert ack is not None and ack.rc is not None and ack.rc < 0x80
         msg = sub.expect_publish()
         assert (msg.payload.decode(), msg.props.get(PAYLOAD_FORMAT_INDICATOR)) == ("grüße ✓", 1)

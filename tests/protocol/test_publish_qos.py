@@ -32,7 +32,8 @@ VERSIONS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(
-    ("pub_qos", "sub_qos"), list(itertools.product((0, 1, 2), repeat=2)),
+    ("pub_qos", "sub_qos"),
+    list(itertools.product((0, 1, 2), repeat=2)),
     ids=[f"pub{p}-sub{s}" for p, s in itertools.product((0, 1, 2), repeat=2)],
 )
 def test_delivered_qos_is_minimum_of_publish_and_granted(
@@ -99,8 +100,7 @@ def test_server_packet_ids_unique_while_in_flight(mbroker: BrokerProc, version: 
     currently in use: unacknowledged deliveries never share an identifier."""
     topic = unique_topic("ids")
     props = [(RECEIVE_MAXIMUM, 10)] if version == 5 else None
-    with RawClient(mbroker, version=version, auto_ack=False) as sub, \
-            RawClient(mbroker) as pub:
+    with RawClient(mbroker, version=version, auto_ack=False) as sub, RawClient(mbroker) as pub:
         sub.connect(props=props)
         sub.subscribe(topic, qos=2)
         pub.connect()
@@ -169,9 +169,7 @@ def test_qos2_resent_publish_before_pubrel_not_delivered_twice(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_qos1_same_packet_id_after_puback_is_new_message(
-    mbroker: BrokerProc, version: int
-) -> None:
+def test_qos1_same_packet_id_after_puback_is_new_message(mbroker: BrokerProc, version: int) -> None:
     """[MQTT-4.3.2-5] after sending PUBACK the receiver treats a PUBLISH with the same Packet
     Identifier as a new Application Message, whatever its DUP flag."""
     topic = unique_topic("q1")

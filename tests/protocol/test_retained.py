@@ -131,7 +131,8 @@ def test_retain_as_published(mbroker: BrokerProc) -> None:
             pub.publish(f"{root}/rap", b"c", qos=1)
         got = sub.publishes(3)
         assert [(p.topic, p.payload, p.retain) for p in got] == [
-            (f"{root}/rap", b"a", True), (f"{root}/norap", b"b", False),
+            (f"{root}/rap", b"a", True),
+            (f"{root}/norap", b"b", False),
             (f"{root}/rap", b"c", False),
         ]
 

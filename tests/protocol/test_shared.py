@@ -85,8 +85,12 @@ def test_groups_and_non_shared_each_get_every_message(mbroker: BrokerProc) -> No
     topic = unique_topic("grp")
     clients: dict[str, RawClient] = {}
     try:
-        for name, flt in (("a1", f"$share/A/{topic}"), ("a2", f"$share/A/{topic}"),
-                          ("b1", f"$share/B/{topic}"), ("plain", topic)):
+        for name, flt in (
+            ("a1", f"$share/A/{topic}"),
+            ("a2", f"$share/A/{topic}"),
+            ("b1", f"$share/B/{topic}"),
+            ("plain", topic),
+        ):
             c = RawClient(mbroker)
             c.connect()
             c.subscribe(flt, qos=1)

@@ -57,7 +57,11 @@ def test_suback_one_reason_code_per_filter_in_order(mbroker: BrokerProc, version
             _pub(mbroker, t, qos=2)
         got = sub.publishes(4)
         assert [(p.topic, p.qos) for p in got] == [
-            (f"{root}/q2", 2), (f"{root}/q0", 0), (f"{root}/q1", 1), (f"{root}/x/w", 2)]
+            (f"{root}/q2", 2),
+            (f"{root}/q0", 0),
+            (f"{root}/q1", 1),
+            (f"{root}/x/w", 2),
+        ]
 
 
 WILDCARD_INVALID = ["a/#/b", "a+", "#a", "a/b#", "+a/b", "a/+b/c", ""]
@@ -119,8 +123,12 @@ def test_unsuback_reason_codes(mbroker: BrokerProc) -> None:
         sub.connect()
         sub.subscribe([(f"{root}/+", 1), (f"{root}/a", 1)])
         ack = sub.unsubscribe([f"{root}/never", f"{root}/+", f"{root}/#", f"{root}/+"])
-        assert ack.codes == [RC_NO_SUBSCRIPTION_EXISTED, 0x00, RC_NO_SUBSCRIPTION_EXISTED,
-                             RC_NO_SUBSCRIPTION_EXISTED]
+        assert ack.codes == [
+            RC_NO_SUBSCRIPTION_EXISTED,
+            0x00,
+            RC_NO_SUBSCRIPTION_EXISTED,
+            RC_NO_SUBSCRIPTION_EXISTED,
+        ]
         _pub(mbroker, f"{root}/a", b"still")
         _pub(mbroker, f"{root}/b", b"gone")
         assert [(p.topic, p.payload) for p in sub.quiet(0.5)] == [(f"{root}/a", b"still")]
@@ -217,12 +225,16 @@ def test_wildcard_matching(mbroker: BrokerProc) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_dollar_topics_not_matched_by_leading_wildcards(sys_broker: BrokerProc, version: int) -> None:
+def test_dollar_topics_not_matched_by_leading_wildcards(
+    sys_broker: BrokerProc, version: int
+) -> None:
     """[MQTT-4.7.2-1] filters starting with `#` or `+` do not match Topic Names beginning with
     `$`: over more than one `$SYS` period (`broker.sys_interval: 1s`) `#` and `+/#` get no `$`
     topic, while `$SYS/#` does receive."""
-    with RawClient(sys_broker, version=version) as wild, \
-            RawClient(sys_broker, version=version) as direct:
+    with (
+        RawClient(sys_broker, version=version) as wild,
+        RawClient(sys_broker, version=version) as direct,
+    ):
         wild.connect()
         wild.subscribe([("#", 0), ("+/#", 0), ("+", 0)])
         direct.connect()
@@ -288,8 +300,9 @@ def test_subscription_identifier_on_live_and_retained(mbroker: BrokerProc) -> No
         live, plain = sub.publishes(2)
         assert live.props.all(SUBSCRIPTION_IDENTIFIER) == [268435455]
         assert plain.props.all(SUBSCRIPTION_IDENTIFIER) == []
-        sub.subscribe([(f"{root}/r", sub_opts(1, retain_handling=2))],
-                      props=[(SUBSCRIPTION_IDENTIFIER, 5)])
+        sub.subscribe(
+            [(f"{root}/r", sub_opts(1, retain_handling=2))], props=[(SUBSCRIPTION_IDENTIFIER, 5)]
+        )
         _pub(mbroker, f"{root}/r", b"after")
         after = sub.expect_publish()
         assert after.props.all(SUBSCRIPTION_IDENTIFIER) == [5]
@@ -345,7 +358,11 @@ def test_connack_capability_flags(mbroker: BrokerProc) -> None:
     the broker supports all four; each appears at most once."""
     with RawClient(mbroker) as c:
         ack = c.connect()
-        for prop in (RETAIN_AVAILABLE, WILDCARD_SUBSCRIPTION_AVAILABLE,
-                     SUBSCRIPTION_IDENTIFIER_AVAILABLE, SHARED_SUBSCRIPTION_AVAILABLE):
+        for prop in (
+            RETAIN_AVAILABLE,
+            WILDCARD_SUBSCRIPTION_AVAILABLE,
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            SHARED_SUBSCRIPTION_AVAILABLE,
+        ):
             values = ack.props.all(prop)
             assert values in ([], [1]), f"property {prop:#x}: {values}"

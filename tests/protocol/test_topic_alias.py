@@ -37,17 +37,28 @@ def test_inbound_alias_established_reused_and_remapped(abroker: BrokerProc) -> N
         sub.subscribe(f"{root}/#", qos=1)
         pub.connect()
         sends = [
-            (f"{root}/one", 1, b"a"), ("", 1, b"b"), (f"{root}/five", 5, b"c"), ("", 5, b"d"),
-            ("", 1, b"e"), (f"{root}/two", 1, b"f"), ("", 1, b"g"), ("", 5, b"h"),
+            (f"{root}/one", 1, b"a"),
+            ("", 1, b"b"),
+            (f"{root}/five", 5, b"c"),
+            ("", 5, b"d"),
+            ("", 1, b"e"),
+            (f"{root}/two", 1, b"f"),
+            ("", 1, b"g"),
+            ("", 5, b"h"),
         ]
         for topic, alias, payload in sends:
             ack = pub.publish(topic, payload, qos=1, props=[(TOPIC_ALIAS, alias)])
             assert ack is not None and ack.rc is not None and ack.rc < 0x80
         got = [(m.topic, m.payload) for m in sub.get_n(len(sends))]
         assert got == [
-            (f"{root}/one", b"a"), (f"{root}/one", b"b"), (f"{root}/five", b"c"),
-            (f"{root}/five", b"d"), (f"{root}/one", b"e"), (f"{root}/two", b"f"),
-            (f"{root}/two", b"g"), (f"{root}/five", b"h"),
+            (f"{root}/one", b"a"),
+            (f"{root}/one", b"b"),
+            (f"{root}/five", b"c"),
+            (f"{root}/five", b"d"),
+            (f"{root}/one", b"e"),
+            (f"{root}/two", b"f"),
+            (f"{root}/two", b"g"),
+            (f"{root}/five", b"h"),
         ]
 
 
@@ -65,8 +76,12 @@ def test_alias_mappings_are_per_connection(abroker: BrokerProc) -> None:
         p1.publish("", b"3", qos=1, props=[(TOPIC_ALIAS, 2)])
         p2.publish("", b"4", qos=1, props=[(TOPIC_ALIAS, 2)])
         got = [(p.topic, p.payload) for p in sub.publishes(4)]
-        assert got == [(f"{root}/p1", b"1"), (f"{root}/p2", b"2"), (f"{root}/p1", b"3"),
-                       (f"{root}/p2", b"4")]
+        assert got == [
+            (f"{root}/p1", b"1"),
+            (f"{root}/p2", b"2"),
+            (f"{root}/p1", b"3"),
+            (f"{root}/p2", b"4"),
+        ]
 
 
 def test_alias_above_maximum_disconnects_0x94(abroker: BrokerProc) -> None:

@@ -17,8 +17,12 @@ from tests.brokerproc import free_port
 
 
 def _persistent_subscriber(port: int, client_id: str, on_message, connected: threading.Event):
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                    clean_session=False)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=False,
+    )
     c.on_connect = lambda *a: connected.set()
     c.on_message = on_message
     c.connect("127.0.0.1", port)
@@ -28,8 +32,10 @@ def _persistent_subscriber(port: int, client_id: str, on_message, connected: thr
 
 def _post(port: int, body: dict) -> int:
     data = json.dumps(body).encode()
-    req = (f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-           f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+    req = (
+        f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode() + data
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(req)
         reply = b""
@@ -40,10 +46,12 @@ def _post(port: int, body: dict) -> int:
 
 def test_http_qos1_publish_acknowledged_then_kill9_is_delivered_after_restart(broker_factory):
     http_port = free_port()
-    b = broker_factory({
-        "server": {"http": {"plain": {"addr": f"127.0.0.1:{http_port}"}}},
-        "storage": {"type": "lmdb", "fsync": "always"},
-    })
+    b = broker_factory(
+        {
+            "server": {"http": {"plain": {"addr": f"127.0.0.1:{http_port}"}}},
+            "storage": {"type": "lmdb", "fsync": "always"},
+        }
+    )
     payloads = [f"m{i}" for i in range(20)]
     got: list = []
     done = threading.Event()
