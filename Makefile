@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 SPEEDUPS_SRC := $(wildcard fluxmq/_speedups/*.pyx fluxmq/_speedups/*.pxd)
 ARGS ?=
 
-.PHONY: install run test soak lint clean peers bench microbench fmt
+.PHONY: install run test soak lint clean peers bench bench-all microbench fmt
 
 install: $(VENV)/.stamp-deps $(VENV)/.stamp-build
 
@@ -44,9 +44,19 @@ soak: install peers
 microbench: install
 	$(PY) -m pytest -q -m benchmark -p no:xdist tests/micro $(ARGS)
 
+# The side-by-side comparison with Mosquitto (docs/performance.md, first table).
 bench: install
 	@scripts/install-peers.sh bench
 	$(PY) -m bench compare $(ARGS)
+
+# Every benchmark of docs/performance.md: the comparison, persistent QoS 1 against Mosquitto
+# with persistence, durable queues against RabbitMQ and NATS JetStream, and the CoAP bridge.
+bench-all: bench
+	$(PY) -m bench persist
+	@scripts/install-peers.sh queue-bench
+	$(PIP) install -q -e '.[bench]' --no-build-isolation
+	$(PY) -m bench queue --reps 3
+	$(PY) -m bench.coap --count 20000 --latency-count 1000
 
 lint: install
 	$(VENV)/bin/ruff check fluxmq tests bench
