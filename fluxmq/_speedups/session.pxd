@@ -69,6 +69,8 @@ cdef class Session:
                      object group) except -1
     cdef int _enqueue(self, Inflight e) except -1
     cdef int _drop_oldest(self) except -1
+    cdef object _q(self)
+    cdef Py_ssize_t _qlen(self)
     cdef int _send(self, Inflight e, bint dup, bint queued=*) except -1
     cdef int _alloc_pid(self) except -1
     cdef int _release_blocked(self) except -1

@@ -137,7 +137,7 @@ cdef class Session:
         self.drop_new = drop_new
         self.subscriptions = {}
         self.inflight = {}
-        self.queue = deque()
+        self.queue = None   # a deque once something waits (an empty deque costs 624 bytes)
         self.awaiting_rel = set()
         self.next_pid = 1
         self.high_water = max(1, min(max_queue // 2, HIGH_WATER_MAX))
@@ -165,20 +165,20 @@ cdef class Session:
         return self._enqueue(e)
 
     cdef int _enqueue(self, Inflight e) except -1:
-        if len(self.queue) + self.spilled >= self.max_queue:
+        if self._qlen() + self.spilled >= self.max_queue:
             self.dropped += 1
             if self.drop_new:
                 return 0
             self._drop_oldest()
-        if self.store is not None and (self.spilled or len(self.queue) >= SPILL_AT) \
+        if self.store is not None and (self.spilled or self._qlen() >= SPILL_AT) \
                 and _kept(e):
             self.store.queued(self, e)          # newest entries stay on disk only
             self.spilled += 1
             return 1
-        self.queue.append(e)
+        self._q().append(e)
         if self.store is not None and _kept(e):
             self.store.queued(self, e)
-        if self.outlet is not None and len(self.queue) >= self.high_water:
+        if self.outlet is not None and self._qlen() >= self.high_water:
             # Back-pressure: the connected client is slower than its publishers. Rather than
             # evicting acknowledged messages, the publisher is paused until this queue drains.
             _congested.append(self)
@@ -190,6 +190,14 @@ cdef class Session:
         for w in blocked:
             w.release(self)
         return 0
+
+    cdef inline object _q(self):
+        if self.queue is None:
+            self.queue = deque()
+        return self.queue
+
+    cdef inline Py_ssize_t _qlen(self):
+        return 0 if self.queue is None else len(self.queue)
 
     cdef int _drop_oldest(self) except -1:
         cdef Inflight old
@@ -216,7 +224,7 @@ cdef class Session:
         self.spilled -= len(loaded)
         if self.spilled < 0:
             self.spilled = 0
-        self.queue.extend(loaded)
+        self._q().extend(loaded)
         return len(loaded)
 
     cdef int _alloc_pid(self) except -1:
@@ -264,7 +272,9 @@ cdef class Session:
                         self.store.unqueued(self, e)
                     continue
             self._send(e, False, True)
-        if self.blocked is not None and len(self.queue) <= self.high_water // 2:
+        if self.queue is not None and not self.queue:
+            self.queue = None       # drained: give the deque's block back
+        if self.blocked is not None and self._qlen() <= self.high_water // 2:
             self._release_blocked()
         return 0
 
@@ -396,14 +406,14 @@ cdef class Session:
         cdef Inflight e
         out = []
         keep = deque()
-        for e in self.queue:
+        for e in self.queue or ():
             if e.group is not None and _kept(e):
                 out.append(e)
                 if self.store is not None:
                     self.store.unqueued(self, e)
             else:
                 keep.append(e)
-        self.queue = keep
+        self.queue = keep or None
         for pid, e in list(self.inflight.items()):
             if e.group is not None and e.state == 1 and _kept(e):
                 del self.inflight[pid]
@@ -425,7 +435,7 @@ cdef class Session:
                     out.append(e.group)
                 else:
                     keep.append(e)
-            self.queue = keep
+            self.queue = keep or None
         for pid, e in list(self.inflight.items()):
             if e.group is not None and not _kept(e):
                 del self.inflight[pid]
@@ -440,7 +450,7 @@ cdef class Session:
     def clear(self):
         """Drop everything (clean start, or expiry); storage forgets the session separately."""
         self.inflight.clear()
-        self.queue.clear()
+        self.queue = None
         self.awaiting_rel.clear()
         self.spilled = 0
 
@@ -453,13 +463,13 @@ cdef class Session:
     @property
     def queued_count(self) -> int:
         """Messages waiting to be sent, in memory and on disk."""
-        return len(self.queue) + self.spilled
+        return self._qlen() + self.spilled
 
     def inflight_items(self) -> list:
         return list(self.inflight.items())
 
     def queued_items(self) -> list:
-        return list(self.queue)
+        return list(self.queue or ())
 
     def restore_inflight(self, int packet_id, Inflight e):
         """Storage: put back an in-flight entry read from disk."""
@@ -468,7 +478,7 @@ cdef class Session:
             self.next_pid = packet_id + 1 if packet_id < 65535 else 1
 
     def restore_queued(self, Inflight e):
-        self.queue.append(e)
+        self._q().append(e)
 
     @staticmethod
     def new_inflight(Message msg, int qos, bint retain, object sub_ids, int state):
@@ -487,4 +497,4 @@ cdef class Session:
     def __repr__(self):
         return (f"Session({self.client_id!r}, online={self.outlet is not None}, "
                 f"subs={len(self.subscriptions)}, inflight={len(self.inflight)}, "
-                f"queued={len(self.queue)})")
+                f"queued={self._qlen()})")
