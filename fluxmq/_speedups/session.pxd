@@ -44,6 +44,23 @@ cdef class Inflight:
     cdef public object stored             # durable storage's encoded record of it, or None
 
 
+cdef class Session
+
+
+cdef class StoreHooks:
+    # What a persistent session tells its durable store about its QoS 1/2 messages. The
+    # store (fluxmq._speedups.storecore.StoreCore) implements these; the session calls them
+    # as C methods, so this costs no attribute look-up per message.
+    cpdef queued(self, Session session, Inflight e)
+    cpdef moved(self, Session session, int packet_id, Inflight e)
+    cpdef unqueued(self, Session session, Inflight e)
+    cpdef inflight(self, Session session, int packet_id, Inflight e)
+    cpdef released(self, Session session, int packet_id, Inflight e)
+    cpdef acked(self, Session session, int packet_id, Inflight e)
+    cpdef rel_added(self, Session session, int packet_id)
+    cpdef rel_removed(self, Session session, int packet_id)
+
+
 cdef class Session:
     cdef public str client_id
     cdef public Outlet outlet             # the connection it is attached to; None when offline
@@ -56,7 +73,7 @@ cdef class Session:
     cdef public set awaiting_rel          # inbound QoS 2 packet ids awaiting PUBREL
     cdef public double disconnected_at    # wall-clock time it went offline; 0 while online
     cdef public unsigned long long dropped
-    cdef public object store              # persistence hook (None for the memory store)
+    cdef public StoreHooks store          # durable storage (None for the memory store)
     cdef public object expiry_handle      # the broker's timer for expiry while offline
     cdef public Py_ssize_t spilled        # queued entries kept on disk only (newest ones)
     cdef public list blocked              # publishers paused until this queue drains (or None)

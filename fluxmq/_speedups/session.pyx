@@ -125,6 +125,35 @@ cdef class Inflight:
         return f"Inflight({self.msg!r}, qos={self.qos}, state={self.state})"
 
 
+cdef class StoreHooks:
+    """The session's calls into durable storage, one per change of a kept QoS 1/2 message
+    (see storecore.pyx, which implements them). Every method must be overridden."""
+
+    cpdef queued(self, Session session, Inflight e):
+        raise NotImplementedError
+
+    cpdef moved(self, Session session, int packet_id, Inflight e):
+        raise NotImplementedError
+
+    cpdef unqueued(self, Session session, Inflight e):
+        raise NotImplementedError
+
+    cpdef inflight(self, Session session, int packet_id, Inflight e):
+        raise NotImplementedError
+
+    cpdef released(self, Session session, int packet_id, Inflight e):
+        raise NotImplementedError
+
+    cpdef acked(self, Session session, int packet_id, Inflight e):
+        raise NotImplementedError
+
+    cpdef rel_added(self, Session session, int packet_id):
+        raise NotImplementedError
+
+    cpdef rel_removed(self, Session session, int packet_id):
+        raise NotImplementedError
+
+
 cdef class Session:
     """A client's session state."""
 
@@ -206,7 +235,7 @@ cdef class Session:
             if self.store is not None and _kept(old):
                 self.store.unqueued(self, old)
         elif self.spilled:
-            self.store.drop_oldest_spilled(self)
+            (<object>self.store).drop_oldest_spilled(self)
             self.spilled -= 1
         return 0
 
@@ -215,7 +244,7 @@ cdef class Session:
         cdef list loaded
         if not self.spilled or self.store is None:
             return 0
-        loaded = self.store.load_spilled(self, SPILL_BATCH)
+        loaded = (<object>self.store).load_spilled(self, SPILL_BATCH)
         if loaded is None:
             return 0                            # storage will pump again when it can
         if not loaded:

@@ -2,9 +2,9 @@
 
 from fluxmq._speedups.message cimport Message
 from fluxmq._speedups.records cimport Journal
-from fluxmq._speedups.session cimport Inflight, Session
+from fluxmq._speedups.session cimport Inflight, Session, StoreHooks
 
-cdef class StoreCore:
+cdef class StoreCore(StoreHooks):
     cdef public list _acc                 # per database: key -> value, None = delete
     cdef public list _fresh               # per database: keys inserted since the last snapshot
     cdef public Py_ssize_t _acc_bytes

@@ -8,9 +8,11 @@ deleted again cancels out. `fluxmq.storage.lmdb_store.LMDBStore` extends this cl
 opening, loading, committing and compaction, which are not per message.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
 from fluxmq._speedups.message cimport Message
 from fluxmq._speedups.records cimport Journal, encode_entry, encode_message, seq_key, pid_key, u64
-from fluxmq._speedups.session cimport Inflight, Session
+from fluxmq._speedups.session cimport Inflight, Session, StoreHooks
 
 # Database indexes (as in fluxmq/storage/lmdb_store.py).
 cdef enum:
@@ -26,7 +28,7 @@ cdef enum:
     NDB = 9
 
 
-cdef class StoreCore:
+cdef class StoreCore(StoreHooks):
     def __init__(self):
         self._acc = [{} for _ in range(NDB)]
         self._fresh = [set() for _ in range(NDB)]
@@ -116,8 +118,10 @@ cdef class StoreCore:
         if raw is None:  # same references as before: a shared body stays counted once
             raw = encode_entry(e, msg.store_id if msg is not None else 0)
             self._insert(INFLIGHT, e.key, raw)
-        else:
-            self._insert(INFLIGHT, e.key, raw[:1] + b"\x01" + raw[2:])
+        else:  # one copy of the record with its state byte set to 1 (sent)
+            raw = PyBytes_FromStringAndSize(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+            PyBytes_AS_STRING(raw)[1] = 1
+            self._insert(INFLIGHT, e.key, raw)
 
     cpdef unqueued(self, Session session, Inflight e):
         if e.key is not None:

@@ -402,3 +402,28 @@ def test_message_with_a_damaged_byte_raises_only_record_error(pos, value):
         R.decode_message(bytes(data))
     except R.RecordError:
         pass
+
+
+@given(
+    client=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        max_size=30,
+    ),
+    seq=st.integers(0, (1 << 64) - 1),
+    pid=st.integers(0, 65535),
+)
+@settings(max_examples=300, deadline=None)
+def test_keys_are_utf8_client_id_zero_byte_big_endian_tail(client, seq, pid):
+    """The keys are built in place in C; their bytes are the documented layout exactly (so
+    databases written before keep their order and meaning)."""
+    prefix = client.encode() + b"\x00"
+    assert R.seq_key(client, seq) == prefix + struct.pack(">Q", seq)
+    assert R.pid_key(client, pid) == prefix + struct.pack(">H", pid)
+    assert R.client_prefix(client) == prefix
+
+
+def test_keys_refuse_a_missing_client_id():
+    with pytest.raises(TypeError):
+        R.seq_key(None, 1)
+    with pytest.raises(TypeError):
+        R.pid_key(None, 1)
