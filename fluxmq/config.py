@@ -1227,6 +1227,14 @@ class BrokerConfig(Section):
         "Outbound QoS 1 and 2 messages in flight (sent, not yet acknowledged) per client; also "
         "capped by the client's Receive Maximum.",
     )
+    max_pending_bytes: int = setting(
+        Size(16384, 268435455),
+        1048576,
+        "Output waiting to be written to one client (its socket full) above which new QoS 0 "
+        "messages to it are dropped, and counted as `slow_subscriber` drops; the bound that "
+        "keeps a client that stopped reading from growing the broker's memory. QoS 1 and 2 "
+        "messages are never dropped for it: they wait in the session's queue.",
+    )
     retry_interval: float = setting(
         Duration(),
         "20s",

@@ -87,6 +87,7 @@ EXPECTED_DEFAULTS = {
         "max_retained_messages": 10000,
         "max_qos": 2,
         "max_inflight": 100,
+        "max_pending_bytes": 1048576,
         "retry_interval": "20s",
         "max_topic_alias": 10,
         "receive_maximum": 1024,
@@ -233,7 +234,7 @@ def test_every_key_can_be_set(tmp_path):
 server: {tcp: {plain: {addr: "127.0.0.1:1999", max_connections: 0, read_timeout: 5,
                        write_timeout: 1m}}}
 broker: {max_message_size: 64KB, max_retained_messages: 0, max_qos: 0, max_inflight: 65535,
-         retry_interval: 0, max_topic_alias: 0, receive_maximum: 1, max_keepalive: 0,
+         max_pending_bytes: 64KB, retry_interval: 0, max_topic_alias: 0, receive_maximum: 1, max_keepalive: 0,
          sys_interval: 1h30m}
 session: {max_offline_queue_size: 1, offline_queue_policy: reject, default_expiry_interval: 0,
           max_expiry_interval: 60}
@@ -259,6 +260,7 @@ storage: {type: lmdb, path: /var/lib/fluxmq}
             "max_retained_messages": 0,
             "max_qos": 0,
             "max_inflight": 65535,
+            "max_pending_bytes": 65536,
             "retry_interval": "0s",
             "max_topic_alias": 0,
             "receive_maximum": 1,
@@ -345,6 +347,11 @@ def test_load_accepts_str_and_pathlike(tmp_path):
         (
             "broker: {max_inflight: 65536}",
             "broker.max_inflight: expected an integer from 1 to 65535, got 65536",
+        ),
+        (
+            "broker: {max_pending_bytes: 1KB}",
+            'broker.max_pending_bytes: expected a size from 16384 to 268435455 bytes, got "1KB" '
+            "(1024 bytes)",
         ),
         (
             "broker: {receive_maximum: 0}",

@@ -10,6 +10,7 @@ class MQTTSettings:
     max_qos: int = 2
     max_packet_size: int = 1048576
     max_inflight: int = 100
+    max_pending_bytes: int = 1048576
     max_topic_alias: int = 10
     receive_maximum: int = 1024
     max_keepalive: int = 65535
@@ -27,6 +28,7 @@ class MQTTSettings:
             max_qos=b.max_qos,
             max_packet_size=b.max_message_size,
             max_inflight=b.max_inflight,
+            max_pending_bytes=b.max_pending_bytes,
             max_topic_alias=b.max_topic_alias,
             receive_maximum=b.receive_maximum,
             max_keepalive=b.max_keepalive,

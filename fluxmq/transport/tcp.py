@@ -65,6 +65,7 @@ class TCPListener:
             settings.max_topic_alias,
             settings.receive_maximum,
             settings.max_packet_size,
+            settings.max_pending_bytes,
         )
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
