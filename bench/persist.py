@@ -16,6 +16,7 @@ arrived, for
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -116,15 +117,19 @@ def one_run(broker: Broker, n: int, tag: str) -> tuple[float, float, bool]:
 
 
 def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[Result]:
-    results = []
-    for v in variants:
-        r = Result(v.label)
-        for rep in range(reps):
+    """Round-robin: every variant once per round, so that drift of the machine (and the
+    writeback of an earlier run's data) falls on all of them alike; the dirty pages of the
+    previous run are flushed (`sync`) before each run."""
+    results = [Result(v.label) for v in variants]
+    broken: set[int] = set()  # variants that could not run: not tried again
+    for rep in range(reps):
+        for i, (v, r) in enumerate(zip(variants, results, strict=True)):
+            if i in broken:
+                continue
             broker: Broker | None = None
             try:
-                broker = v.make(
-                    workdir / f"{v.label.split(',')[0].lower()}-{len(results)}-{rep}", n
-                ).start()
+                os.sync()
+                broker = v.make(workdir / f"{v.label.split(',')[0].lower()}-{i}-{rep}", n).start()
                 time.sleep(0.3)
                 pub, drain, ok = one_run(broker, n, f"r{rep}")
                 r.publish.append(pub)
@@ -139,11 +144,10 @@ def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[R
             except (BrokerStartError, RunError, OSError) as e:
                 r.failure = f"{type(e).__name__}: {e}"
                 _log(f"  {v.label:30} FAILED: {r.failure}")
-                break
+                broken.add(i)
             finally:
                 if broker is not None:
                     broker.stop()
-        results.append(r)
     return results
 
 

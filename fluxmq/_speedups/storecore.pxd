@@ -15,6 +15,7 @@ cdef class StoreCore(StoreHooks):
     cdef public object flusher
 
     cpdef _insert(self, int db, bytes key, bytes value)
+    cdef int _insert_new(self, int db, bytes key, bytes value) except -1
     cpdef _put(self, int db, bytes key, bytes value)
     cpdef _delete(self, int db, bytes key)
     cdef int _touch(self) except -1

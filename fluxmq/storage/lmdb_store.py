@@ -107,7 +107,10 @@ class LMDBStore(StoreCore):
         self._lock_file = None
         self._next_journal = 1
         self._last_journal = 0
-        self._snap: list[tuple[int, bytes, bytes | None]] = []  # being applied, in chunks
+        # The snapshot being applied, in chunks: per database, its changes as (key, value or
+        # None) pairs; _snap_pos of the first part's are applied. (Whole lists from
+        # dict.items(), not a tuple per change: compaction is per persistent message too.)
+        self._snap: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []
         self._snap_pos = 0
         self._snap_upto = 0  # journals up to this id are redundant once _snap is applied
         self._last_compact = time.monotonic()
@@ -448,7 +451,7 @@ class LMDBStore(StoreCore):
             and time.monotonic() - self._last_compact < _COMPACT_EVERY
         ):
             return
-        self._snap = [(db, k, v) for db, acc in enumerate(self._acc) for k, v in acc.items()]
+        self._snap = [(db, list(acc.items())) for db, acc in enumerate(self._acc) if acc]
         self._snap_pos = 0
         self._snap_upto = self._last_journal
         self._acc = [{} for _ in _NAMES]
@@ -466,28 +469,41 @@ class LMDBStore(StoreCore):
             self._last_journal = jid
             b.journals.append((jid, self._journal.take()))
         if everything:
-            if self._snap_pos < len(self._snap):
-                b.chunk = self._snap[self._snap_pos :]
-            b.chunk = (b.chunk or []) + [
-                (db, k, v) for db, acc in enumerate(self._acc) for k, v in acc.items()
+            b.chunk = self._take_chunk(None) + [
+                (db, list(acc.items())) for db, acc in enumerate(self._acc) if acc
             ]
             self._acc = [{} for _ in _NAMES]
             self._fresh = [set() for _ in _NAMES]
             self._acc_bytes = 0
-            self._snap, self._snap_pos = [], 0
             b.upto = self._last_journal
             self._last_compact = time.monotonic()
         else:
             self._maybe_snapshot()
             if self._snap:
-                b.chunk = self._snap[self._snap_pos : self._snap_pos + _CHUNK]
-                self._snap_pos += len(b.chunk)
-                if self._snap_pos >= len(self._snap):
+                b.chunk = self._take_chunk(_CHUNK)
+                if not self._snap:
                     b.upto = self._snap_upto
-                    self._snap, self._snap_pos = [], 0
                 elif self.flusher is not None:
                     self.flusher.request()  # the rest of the snapshot in the next turns
         return b if (b.journals or b.chunk or b.upto) else None
+
+    def _take_chunk(self, n: int | None) -> list[tuple[int, list]]:
+        """The next `n` changes of the snapshot (all of them with None), as (database, pairs)
+        parts, taken off the snapshot."""
+        parts = []
+        while self._snap and (n is None or n > 0):
+            db, items = self._snap[0]
+            start = self._snap_pos
+            end = len(items) if n is None else min(len(items), start + n)
+            parts.append((db, items if start == 0 and end == len(items) else items[start:end]))
+            if n is not None:
+                n -= end - start
+            if end >= len(items):
+                self._snap.pop(0)
+                self._snap_pos = 0
+            else:
+                self._snap_pos = end
+        return parts
 
     def write(self, b: _Batch) -> None:
         """One transaction: journal records, a chunk of compaction, redundant journals deleted.
@@ -500,15 +516,14 @@ class LMDBStore(StoreCore):
                 with self.env.begin(write=True) as txn:
                     for jid, data in b.journals:
                         txn.put(_J + R.u64(jid), data, db=dbs[META])
-                    if b.chunk:
-                        puts: dict[int, list] = {}
-                        for db, k, v in b.chunk:
-                            if v is None:
-                                txn.delete(k, db=dbs[db])
-                            else:
-                                puts.setdefault(db, []).append((k, v))
-                        for db, items in puts.items():
-                            txn.cursor(dbs[db]).putmulti(items)
+                    for db, items in b.chunk or ():
+                        puts = [kv for kv in items if kv[1] is not None]
+                        if len(puts) < len(items):  # a key appears once: order is free
+                            for k, v in items:
+                                if v is None:
+                                    txn.delete(k, db=dbs[db])
+                        if puts:
+                            txn.cursor(dbs[db]).putmulti(puts)
                     if b.upto:
                         cur = txn.cursor(dbs[META])
                         if cur.set_range(_J):
@@ -633,7 +648,10 @@ class LMDBStore(StoreCore):
         if b is not None:
             self._kept = b.journals + self._kept
             if b.chunk:  # compaction resumes with this chunk once writes succeed again
-                self._snap = b.chunk + self._snap[self._snap_pos :]
+                if self._snap and self._snap_pos:
+                    db, items = self._snap[0]
+                    self._snap[0] = (db, items[self._snap_pos :])
+                self._snap = b.chunk + self._snap
                 self._snap_pos = 0
             if b.upto:
                 self._snap_upto = max(self._snap_upto, b.upto)
@@ -697,7 +715,9 @@ class LMDBStore(StoreCore):
             "map_size": info.get("map_size", 0),
             "shared_bodies": len(self._refs),
             "full": self.full,
-            "pending_keys": sum(len(a) for a in self._acc) + len(self._snap) - self._snap_pos,
+            "pending_keys": sum(len(a) for a in self._acc)
+            + sum(len(items) for _, items in self._snap)
+            - self._snap_pos,
         }
 
 
@@ -709,7 +729,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.journals: list[tuple[int, bytes]] = []
-        self.chunk: list[tuple[int, bytes, bytes | None]] | None = None
+        self.chunk: list[tuple[int, list[tuple[bytes, bytes | None]]]] | None = None
         self.upto = 0
         self.syncs: list = []  # the turn hooks' functions (durable queues: fsyncs)
 
