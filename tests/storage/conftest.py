@@ -40,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from fluxmq.storage.lmdb_store import LMDBStore
 from tests.brokerproc import BrokerProc, deep_merge
 from tests.protocol.rawmqtt import V5, Packet, PacketType, Prop, RawClient, puback, publish
 
@@ -51,6 +52,15 @@ EXPIRY = 300  # session expiry of the persistent sessions of these tests
 def lmdb_config(fsync: str = "always", extra: dict | None = None) -> dict:
     """The config of a broker on LMDB with `storage.fsync: fsync`, `extra` merged over it."""
     return deep_merge({"storage": {"type": "lmdb", "fsync": fsync}}, extra or {})
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[LMDBStore]:
+    """An LMDB store opened in-process (`fsync: never`), for driving its hooks directly."""
+    s = LMDBStore(str(tmp_path / "data"), fsync="never")
+    s.open()
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -5,18 +5,9 @@ the databases hold exactly the state and no journal record is left."""
 from __future__ import annotations
 
 import lmdb
-import pytest
 
 from fluxmq.storage import lmdb_store
 from fluxmq.storage.lmdb_store import _J, META, MSGS, QUEUE, LMDBStore
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = LMDBStore(str(tmp_path / "data"), fsync="never")
-    s.open()
-    yield s
-    s.close()
 
 
 def _db(store: LMDBStore, db: int) -> dict[bytes, bytes]:

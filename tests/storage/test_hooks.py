@@ -11,14 +11,6 @@ from fluxmq.storage import records as R
 from fluxmq.storage.lmdb_store import INFLIGHT, QUEUE, LMDBStore
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = LMDBStore(str(tmp_path / "data"), fsync="never")
-    s.open()
-    yield s
-    s.close()
-
-
 def _contents(store: LMDBStore, db: int) -> dict[bytes, bytes]:
     store._commit_now()
     with store.env.begin() as txn:
