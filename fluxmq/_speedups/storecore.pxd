@@ -21,11 +21,4 @@ cdef class StoreCore(StoreHooks):
     cdef int _touch(self) except -1
     cdef bytes _entry(self, Inflight e)
     cpdef _unref(self, Message msg)
-    cpdef queued(self, Session session, Inflight e)
-    cpdef moved(self, Session session, int packet_id, Inflight e)
-    cpdef unqueued(self, Session session, Inflight e)
-    cpdef inflight(self, Session session, int packet_id, Inflight e)
-    cpdef released(self, Session session, int packet_id, Inflight e)
-    cpdef acked(self, Session session, int packet_id, Inflight e)
-    cpdef rel_added(self, Session session, int packet_id)
-    cpdef rel_removed(self, Session session, int packet_id)
+    # The session hooks (queued, moved, ...) are declared in session.pxd's StoreHooks.
