@@ -5,8 +5,8 @@ from fluxmq._speedups.records cimport Journal
 from fluxmq._speedups.session cimport Inflight, Session, StoreHooks
 
 cdef class StoreCore(StoreHooks):
-    cdef public list _acc                 # per database: key -> value, None = delete
-    cdef public list _fresh               # per database: keys inserted since the last snapshot
+    cdef public list _acc                 # per database: key of the database -> value, None = delete
+    cdef public list _new                 # per database: key inserted since the last snapshot -> value
     cdef public Py_ssize_t _acc_bytes
     cdef public Journal _journal          # this turn's changes, in order
     cdef public dict _refs                # shared body id -> entries referring to it
@@ -18,6 +18,8 @@ cdef class StoreCore(StoreHooks):
     cdef int _insert_new(self, int db, bytes key, bytes value) except -1
     cpdef _put(self, int db, bytes key, bytes value)
     cpdef _delete(self, int db, bytes key)
+    cpdef list take_changes(self)
+    cpdef Py_ssize_t pending(self)
     cdef int _touch(self) except -1
     cdef bytes _entry(self, Inflight e)
     cpdef _unref(self, Message msg)

@@ -3,8 +3,8 @@
 
 A persistent session tells its store about every QoS 1/2 message it queues, sends, is
 acknowledged for or releases (the hooks below, called from session.pyx). Each change is appended
-to the turn's journal and gathered in `_acc`, where a key inserted since the last compaction and
-deleted again cancels out. `fluxmq.storage.lmdb_store.LMDBStore` extends this class with
+to the turn's journal and gathered for compaction: changes of keys the database already has in
+`_acc`, keys inserted since the last compaction in `_new`, where a delete cancels them. `fluxmq.storage.lmdb_store.LMDBStore` extends this class with
 opening, loading, committing and compaction, which are not per message.
 """
 
@@ -31,7 +31,7 @@ cdef enum:
 cdef class StoreCore(StoreHooks):
     def __init__(self):
         self._acc = [{} for _ in range(NDB)]
-        self._fresh = [set() for _ in range(NDB)]
+        self._new = [{} for _ in range(NDB)]
         self._acc_bytes = 0
         self._journal = Journal()
         self._refs = {}
@@ -44,9 +44,10 @@ cdef class StoreCore(StoreHooks):
     cpdef _insert(self, int db, bytes key, bytes value):
         """A key that is not in the database (queue and in-flight entries, bodies)."""
         cdef dict acc = <dict>self._acc[db]
-        if key not in acc:
-            (<set>self._fresh[db]).add(key)
-        acc[key] = value
+        if key in acc:  # a key of the database, deleted since the last compaction
+            acc[key] = value
+        else:
+            (<dict>self._new[db])[key] = value
         self._acc_bytes += len(value)
         self._journal.put(db, key, value)
         self._touch()
@@ -54,8 +55,7 @@ cdef class StoreCore(StoreHooks):
     cdef int _insert_new(self, int db, bytes key, bytes value) except -1:
         """`_insert` of a key never used before (a new queue sequence number or body id), so
         it cannot be waiting in `_acc` for a delete: one look-up less per queued message."""
-        (<set>self._fresh[db]).add(key)
-        (<dict>self._acc[db])[key] = value
+        (<dict>self._new[db])[key] = value
         self._acc_bytes += len(value)
         self._journal.put(db, key, value)
         self._touch()
@@ -63,20 +63,45 @@ cdef class StoreCore(StoreHooks):
 
     cpdef _put(self, int db, bytes key, bytes value):
         """Insert or replace."""
-        (<dict>self._acc[db])[key] = value
+        cdef dict new = <dict>self._new[db]
+        if key in new:
+            new[key] = value
+        else:
+            (<dict>self._acc[db])[key] = value
         self._acc_bytes += len(value)
         self._journal.put(db, key, value)
         self._touch()
 
     cpdef _delete(self, int db, bytes key):
-        cdef set fresh = <set>self._fresh[db]
-        if key in fresh:  # inserted since the last compaction: it never reaches the B-tree
-            fresh.discard(key)
-            del (<dict>self._acc[db])[key]
+        cdef dict new = <dict>self._new[db]
+        if key in new:  # inserted since the last compaction: it never reaches the B-tree
+            del new[key]
         else:
             (<dict>self._acc[db])[key] = None
         self._journal.delete(db, key)
         self._touch()
+
+    cpdef list take_changes(self):
+        """The changes gathered since the last call, per database as (database, [(key, value
+        or None), ...]) for the databases that have any; the gathering starts again."""
+        cdef list out = []
+        cdef int db
+        for db in range(NDB):
+            if self._acc[db] or self._new[db]:
+                out.append((db, list((<dict>self._acc[db]).items())
+                            + list((<dict>self._new[db]).items())))
+        self._acc = [{} for _ in range(NDB)]
+        self._new = [{} for _ in range(NDB)]
+        self._acc_bytes = 0
+        return out
+
+    cpdef Py_ssize_t pending(self):
+        """How many keys the changes gathered so far touch."""
+        cdef Py_ssize_t n = 0
+        cdef int db
+        for db in range(NDB):
+            n += len(<dict>self._acc[db]) + len(<dict>self._new[db])
+        return n
 
     cdef int _touch(self) except -1:
         if self._journal.count == 1 and self.flusher is not None:

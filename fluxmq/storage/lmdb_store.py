@@ -98,7 +98,7 @@ class LMDBStore(StoreCore):
     durable = True
 
     def __init__(self, path: str, fsync: str = "interval", fsync_interval: float = 1.0) -> None:
-        super().__init__()  # the per-message state (StoreCore): _acc, _fresh, _journal, _refs
+        super().__init__()  # the per-message state (StoreCore): _acc, _new, _journal, _refs
         self.path = Path(path)
         self.fsync = fsync
         self.fsync_interval = fsync_interval
@@ -353,9 +353,7 @@ class LMDBStore(StoreCore):
     # -- changes (called during a turn) ------------------------------------------------------------
 
     def _reset_changes(self) -> None:
-        self._acc = [{} for _ in _NAMES]
-        self._fresh = [set() for _ in _NAMES]
-        self._acc_bytes = 0
+        self.take_changes()
         self._journal = Journal()
 
     # The per-message hooks (queued, moved, unqueued, inflight, released, acked, rel_added,
@@ -435,14 +433,14 @@ class LMDBStore(StoreCore):
     # -- committing ------------------------------------------------------------------------------
     #
     # Every turn's changes are written as one journal record (one put). The changes also gather
-    # in `_acc`; every _COMPACT_EVERY seconds (or _COMPACT_AT keys) `_acc` becomes a snapshot
-    # that is applied to the main databases, _CHUNK changes per commit, after which the journal
-    # records it covers are deleted. Main databases + journal records in order = the state.
+    # in StoreCore (`_acc`, `_new`); every _COMPACT_EVERY seconds (or _COMPACT_AT keys) they
+    # become a snapshot (`take_changes`) that is applied to the main databases, _CHUNK changes
+    # per commit, after which the journal records it covers are deleted. Main databases + journal records in order = the state.
 
     def _maybe_snapshot(self) -> None:
         if self._snap or self.full:
             return
-        nkeys = sum(len(a) for a in self._acc)
+        nkeys = self.pending()
         if not nkeys:
             return
         if (
@@ -451,12 +449,9 @@ class LMDBStore(StoreCore):
             and time.monotonic() - self._last_compact < _COMPACT_EVERY
         ):
             return
-        self._snap = [(db, list(acc.items())) for db, acc in enumerate(self._acc) if acc]
+        self._snap = self.take_changes()
         self._snap_pos = 0
         self._snap_upto = self._last_journal
-        self._acc = [{} for _ in _NAMES]
-        self._fresh = [set() for _ in _NAMES]
-        self._acc_bytes = 0
         self._last_compact = time.monotonic()
 
     def _make_batch(self, everything: bool = False) -> _Batch | None:
@@ -469,12 +464,7 @@ class LMDBStore(StoreCore):
             self._last_journal = jid
             b.journals.append((jid, self._journal.take()))
         if everything:
-            b.chunk = self._take_chunk(None) + [
-                (db, list(acc.items())) for db, acc in enumerate(self._acc) if acc
-            ]
-            self._acc = [{} for _ in _NAMES]
-            self._fresh = [set() for _ in _NAMES]
-            self._acc_bytes = 0
+            b.chunk = self._take_chunk(None) + self.take_changes()
             b.upto = self._last_journal
             self._last_compact = time.monotonic()
         else:
@@ -715,7 +705,7 @@ class LMDBStore(StoreCore):
             "map_size": info.get("map_size", 0),
             "shared_bodies": len(self._refs),
             "full": self.full,
-            "pending_keys": sum(len(a) for a in self._acc)
+            "pending_keys": self.pending()
             + sum(len(items) for _, items in self._snap)
             - self._snap_pos,
         }
