@@ -103,33 +103,65 @@ cdef int write_message(WriteBuffer out, Message m) except -1:
     return 0
 
 
+# One buffer to encode records in, reused: a record is encoded for every message a persistent
+# session keeps, and a WriteBuffer per record was a measurable part of that. A nested use (none
+# is known: encoding calls no Python code) gets a buffer of its own.
+cdef WriteBuffer _scratch = WriteBuffer()
+cdef bint _scratch_busy = False
+
+
+cdef inline WriteBuffer _take_scratch():
+    global _scratch_busy
+    if _scratch_busy:
+        return WriteBuffer()
+    _scratch_busy = True
+    return _scratch
+
+
+cdef inline bytes _finish(WriteBuffer out):
+    """The encoded record; the scratch buffer is free again."""
+    global _scratch_busy
+    if out is _scratch:
+        _scratch_busy = False
+    return out.take()
+
+
 cpdef bytes encode_message(Message msg):
     """The message record of msg."""
-    cdef WriteBuffer out = WriteBuffer()
-    write_message(out, msg)
-    return out.take()
+    cdef WriteBuffer out = _take_scratch()
+    try:
+        write_message(out, msg)
+    except BaseException:
+        _finish(out)
+        raise
+    return _finish(out)
 
 
 cpdef bytes encode_entry(Inflight e, unsigned long long msg_id):
     """An entry: QoS, state, retain, the subscription identifiers, then the message inline
     (msg_id 0) or the id of its shared body."""
-    cdef WriteBuffer out = WriteBuffer()
     cdef list ids = e.sub_ids
     cdef int n = len(ids) if ids else 0
     cdef int flags = (E_RETAIN if e.retain else 0) | (E_INLINE if msg_id == 0 else 0)
+    cdef WriteBuffer out
     if n > 255:
         raise ValueError("more than 255 subscription identifiers")
-    out.reserve(ENTRY_HEAD + 4 * n)
-    out.put_byte(e.qos)
-    out.put_byte(e.state)
-    out.put_byte(flags)
-    _put_u64(out, msg_id)
-    out.put_byte(n)
-    for i in range(n):
-        out.put_u32(ids[i])
-    if msg_id == 0 and e.msg is not None:
-        write_message(out, e.msg)
-    return out.take()
+    out = _take_scratch()
+    try:
+        out.reserve(ENTRY_HEAD + 4 * n)
+        out.put_byte(e.qos)
+        out.put_byte(e.state)
+        out.put_byte(flags)
+        _put_u64(out, msg_id)
+        out.put_byte(n)
+        for i in range(n):
+            out.put_u32(ids[i])
+        if msg_id == 0 and e.msg is not None:
+            write_message(out, e.msg)
+    except BaseException:
+        _finish(out)
+        raise
+    return _finish(out)
 
 
 # -- reading -------------------------------------------------------------------------------------

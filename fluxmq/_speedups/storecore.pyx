@@ -95,6 +95,28 @@ cdef class StoreCore(StoreHooks):
         self._acc_bytes = 0
         return out
 
+    @staticmethod
+    def split_changes(list items):
+        """(puts, deletes) of a list of (key, value or None): the puts as pairs for
+        `Cursor.putmulti` (`items` itself when nothing is deleted), the deleted keys. In C: it
+        runs over every change compaction applies."""
+        cdef Py_ssize_t i, n = len(items)
+        cdef list puts, dels = []
+        cdef tuple kv
+        for i in range(n):
+            if (<tuple>items[i])[1] is None:
+                break
+        else:
+            return items, dels
+        puts = items[:i]
+        for i in range(i, n):
+            kv = <tuple>items[i]
+            if kv[1] is None:
+                dels.append(kv[0])
+            else:
+                puts.append(kv)
+        return puts, dels
+
     cpdef Py_ssize_t pending(self):
         """How many keys the changes gathered so far touch."""
         cdef Py_ssize_t n = 0

@@ -507,11 +507,9 @@ class LMDBStore(StoreCore):
                     for jid, data in b.journals:
                         txn.put(_J + R.u64(jid), data, db=dbs[META])
                     for db, items in b.chunk or ():
-                        puts = [kv for kv in items if kv[1] is not None]
-                        if len(puts) < len(items):  # a key appears once: order is free
-                            for k, v in items:
-                                if v is None:
-                                    txn.delete(k, db=dbs[db])
+                        puts, dels = StoreCore.split_changes(items)
+                        for k in dels:  # a key appears once in a chunk: order is free
+                            txn.delete(k, db=dbs[db])
                         if puts:
                             txn.cursor(dbs[db]).putmulti(puts)
                     if b.upto:

@@ -5,6 +5,7 @@ the databases hold exactly the state and no journal record is left."""
 from __future__ import annotations
 
 import lmdb
+import pytest
 
 from fluxmq.storage import lmdb_store
 from fluxmq.storage.lmdb_store import _J, META, MSGS, QUEUE, LMDBStore
@@ -74,3 +75,22 @@ def test_chunks_and_a_failed_chunk_give_exactly_the_state(store, monkeypatch) ->
     store._commit_now()
     assert _journals(store) == []
     assert _db(store, QUEUE) == expected_q
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        [(b"a", b"1"), (b"b", b"2")],
+        [(b"a", None), (b"b", b"2")],
+        [(b"a", b"1"), (b"b", None), (b"c", b"3"), (b"d", None)],
+        [(b"a", b"1"), (b"b", b"")],
+        [(b"a", None)],
+    ],
+)
+def test_split_changes(items) -> None:
+    puts, dels = LMDBStore.split_changes(items)
+    assert puts == [kv for kv in items if kv[1] is not None]
+    assert dels == [k for k, v in items if v is None]
+    if not dels:
+        assert puts is items  # no copy when nothing is deleted
