@@ -125,33 +125,38 @@ cdef class Inflight:
         return f"Inflight({self.msg!r}, qos={self.qos}, state={self.state})"
 
 
+cdef object _not_a_store(object obj, str hook):
+    raise TypeError(f"{type(obj).__name__} is not a durable store: it has no {hook} hook")
+
+
 cdef class StoreHooks:
-    """The session's calls into durable storage, one per change of a kept QoS 1/2 message
-    (see storecore.pyx, which implements them). Every method must be overridden."""
+    """The session's calls into durable storage, one per change of a kept QoS 1/2 message.
+    `fluxmq._speedups.storecore.StoreCore` implements them all; this base only names them
+    (calling one of its own is an error: the object is not a store)."""
 
     cpdef queued(self, Session session, Inflight e):
-        raise NotImplementedError
+        _not_a_store(self, "queued")
 
     cpdef moved(self, Session session, int packet_id, Inflight e):
-        raise NotImplementedError
+        _not_a_store(self, "moved")
 
     cpdef unqueued(self, Session session, Inflight e):
-        raise NotImplementedError
+        _not_a_store(self, "unqueued")
 
     cpdef inflight(self, Session session, int packet_id, Inflight e):
-        raise NotImplementedError
+        _not_a_store(self, "inflight")
 
     cpdef released(self, Session session, int packet_id, Inflight e):
-        raise NotImplementedError
+        _not_a_store(self, "released")
 
     cpdef acked(self, Session session, int packet_id, Inflight e):
-        raise NotImplementedError
+        _not_a_store(self, "acked")
 
     cpdef rel_added(self, Session session, int packet_id):
-        raise NotImplementedError
+        _not_a_store(self, "rel_added")
 
     cpdef rel_removed(self, Session session, int packet_id):
-        raise NotImplementedError
+        _not_a_store(self, "rel_removed")
 
 
 cdef class Session:
