@@ -21,6 +21,7 @@ import pytest
 from fluxmq._speedups.message import Message
 
 from fluxmq.storage import records as R
+from fluxmq.storage.lmdb_store import _NAMES
 from tests.brokerproc import BrokerProc
 from tests.protocol.rawmqtt import V5, V311, ConnectionClosed, PacketType, RawClient, publish
 from tests.storage.conftest import (
@@ -34,17 +35,6 @@ from tests.storage.conftest import (
     wait_for_log,
 )
 
-NAMES = (
-    b"meta",
-    b"sessions",
-    b"wills",
-    b"subs",
-    b"queue",
-    b"inflight",
-    b"rel",
-    b"msgs",
-    b"retained",
-)
 # Files that opening a directory may legitimately rewrite: LMDB's reader-lock table and
 # FluxMQ's own lock file (it holds the pid of the process that has the directory).
 LOCK_FILES = {"lock.mdb", "fluxmq.lock"}
@@ -56,7 +46,7 @@ def write_db(path: Path, records: dict[bytes, dict[bytes, bytes]]) -> None:
     env = lmdb.open(str(path), max_dbs=16, map_size=16 << 20, subdir=True)
     try:
         with env.begin(write=True) as txn:
-            for name in NAMES:
+            for name in _NAMES:
                 db = env.open_db(name, txn=txn)
                 for k, v in records.get(name, {}).items():
                     txn.put(k, v, db=db)
