@@ -4,8 +4,9 @@
 A persistent session tells its store about every QoS 1/2 message it queues, sends, is
 acknowledged for or releases (the hooks below, called from session.pyx). Each change is appended
 to the turn's journal and gathered for compaction: changes of keys the database already has in
-`_acc`, keys inserted since the last compaction in `_new`, where a delete cancels them. `fluxmq.storage.lmdb_store.LMDBStore` extends this class with
-opening, loading, committing and compaction, which are not per message.
+`_acc`, keys inserted since the last compaction in `_new`, where a delete cancels them.
+`fluxmq.storage.lmdb_store.LMDBStore` extends this class with opening, loading, committing and
+compaction, which are not per message.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
