@@ -30,8 +30,10 @@ cdef class OutBuffer(WriteBuffer):
     cdef public double last_progress   # loop time when the transport last drained (write_timeout)
     cdef public int held               # snapshots of its output waiting for a storage commit
     cdef bint close_when_drained
+    cdef public bint ordered           # its pending output must not overtake the turn's commit
 
     cdef int mark(self) except -1
+    cdef int mark_delivery(self) except -1
     cpdef int flush(self) except -1
     cpdef bytes take_held(self)
     cpdef int write_held(self, bytes data) except -1
@@ -47,6 +49,7 @@ cdef class Flusher:
     cdef public object barrier          # storage: callable(dirty) -> the buffers to write now
 
     cdef int add(self, OutBuffer b) except -1
+    cdef list _write_deliveries(self, list dirty)
     cpdef int request(self) except -1
     cpdef object call_soon(self, object callback)
     cpdef int flush_all(self) except -1

@@ -223,6 +223,18 @@ cdef class OutBuffer(WriteBuffer):
         self.flusher = flusher
 
     cdef int mark(self) except -1:
+        """Output was added: written at the end of this turn, after the turn's storage commit
+        (an acknowledgement may depend on it)."""
+        self.ordered = True
+        if not self.dirty:
+            self.dirty = True
+            self.flusher.add(self)
+        return 0
+
+    cdef int mark_delivery(self) except -1:
+        """A QoS 0 or 1 PUBLISH to this client was added: by itself it may leave before the
+        turn's storage commit (if the broker dies before that commit, the message is delivered
+        again, which QoS 1 allows; what acknowledges a publisher still waits)."""
         if not self.dirty:
             self.dirty = True
             self.flusher.add(self)
@@ -239,11 +251,13 @@ cdef class OutBuffer(WriteBuffer):
             return 0
         if self.closed or self.transport is None:
             self.release()
+            self.ordered = False
             return 0
         chunk = PyBytes_FromStringAndSize(self.data, self.length)
         self.bytes_out += self.length
         # Keep nothing while idle: storage goes back to the pool until the next packet.
         self.release()
+        self.ordered = False
         self.transport.write(chunk)
         if self.close_when_drained and self.held == 0:
             self._finish()
@@ -265,6 +279,7 @@ cdef class OutBuffer(WriteBuffer):
         cdef bytes chunk = PyBytes_FromStringAndSize(self.data, self.length) if self.length else b""
         self.dirty = False
         self.release()
+        self.ordered = False
         self.held += 1
         return chunk
 
@@ -347,6 +362,25 @@ cdef class Flusher:
         """Schedule `callback` on this flusher's loop (for objects that keep no loop)."""
         return self._call_soon(callback)
 
+    cdef list _write_deliveries(self, list dirty):
+        """Write now the buffers holding only QoS 0/1 deliveries (`ordered` unset) with no
+        earlier output waiting for a commit; the rest, for the storage barrier. Subscribers
+        need not wait for the commit that only publishers' acknowledgements depend on."""
+        cdef list rest = []
+        cdef OutBuffer b
+        cdef Py_ssize_t i
+        for i in range(len(dirty)):
+            b = <OutBuffer>dirty[i]
+            if b.ordered or b.held:
+                rest.append(b)
+                continue
+            try:
+                b.flush()
+            except Exception:
+                b.closed = True
+                b.release()
+        return rest
+
     cpdef int flush_all(self) except -1:
         cdef list dirty = self._dirty
         cdef OutBuffer b
@@ -354,6 +388,7 @@ cdef class Flusher:
         self._dirty = []
         self._scheduled = False
         if self.barrier is not None:
+            dirty = self._write_deliveries(dirty)
             dirty = self.barrier(dirty)
         for i in range(len(dirty)):
             b = <OutBuffer>dirty[i]

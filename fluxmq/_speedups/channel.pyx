@@ -501,7 +501,10 @@ cdef class ChannelCore(Outlet):
                     hl = _header_len(out.data + start)
                     msg.wire_pid_at = hl + 2 + (((<unsigned char>out.data[start + hl]) << 8)
                                                 | (<unsigned char>out.data[start + hl + 1]))
-        out.mark()
+        if qos == 2:
+            out.mark()      # exactly once: a QoS 2 PUBLISH follows the commit of its state
+        else:
+            out.mark_delivery()
         self.counters.publish_sent += 1
         self.counters.messages_sent += 1
         self.counters.bytes_sent += out.length - start

@@ -17,8 +17,11 @@ Message record (format 1):
 flags: 1 retain, 2 payload format set, 4 payload format 1, 8 content type, 16 response topic,
 32 correlation data, 64 user properties, 128 origin.
 
-Entry record: u8 qos | u8 state | u8 flags (1 retain, 2 inline) | u64 message id (0: inline) |
-u8 subscription identifier count | u32 each | the message record when inline.
+Entry record: u8 qos | u8 state (0 queued, 1 PUBLISH sent, 2 PUBREL sent) | u8 flags (1 retain,
+2 inline, 4 packet id) | u64 message id (0: inline) | u16 packet id (when flag 4; format 2
+always writes it, 0 while queued) | u8 subscription identifier count | u32 each | the message
+record when inline. The state and packet id sit at fixed offsets (1 and 11), so that sending a
+queued entry is journaled as a patch of those three bytes rather than the whole record again.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -41,8 +44,12 @@ cdef enum:
     F_ORIGIN = 128
     E_RETAIN = 1
     E_INLINE = 2
+    E_PID = 4
     MSG_HEAD = 21       # version, qos, flags, expires_at, timestamp, topic length
-    ENTRY_HEAD = 12     # qos, state, flags, message id, subscription id count
+    ENTRY_HEAD = 12     # qos, state, flags, message id, subscription id count (format 1)
+    PID_AT = 11         # offset of the packet id in a record with E_PID
+    J_DELETE = 0x80     # journal operation bits, or-ed with the database index
+    J_PATCH = 0x40
 
 
 class RecordError(Exception):
@@ -137,31 +144,53 @@ cpdef bytes encode_message(Message msg):
     return _finish(out)
 
 
-cpdef bytes encode_entry(Inflight e, unsigned long long msg_id):
-    """An entry: QoS, state, retain, the subscription identifiers, then the message inline
-    (msg_id 0) or the id of its shared body."""
+cdef int write_entry(WriteBuffer out, Inflight e, unsigned long long msg_id) except -1:
+    """The entry record of e (format 2: with its packet id `e.pid`)."""
     cdef list ids = e.sub_ids
     cdef int n = len(ids) if ids else 0
-    cdef int flags = (E_RETAIN if e.retain else 0) | (E_INLINE if msg_id == 0 else 0)
-    cdef WriteBuffer out
+    cdef int flags = (E_RETAIN if e.retain else 0) | (E_INLINE if msg_id == 0 else 0) | E_PID
     if n > 255:
         raise ValueError("more than 255 subscription identifiers")
-    out = _take_scratch()
+    out.reserve(ENTRY_HEAD + 2 + 4 * n)
+    out.put_byte(e.qos)
+    out.put_byte(e.state)
+    out.put_byte(flags)
+    _put_u64(out, msg_id)
+    out.put_u16(e.pid)
+    out.put_byte(n)
+    for i in range(n):
+        out.put_u32(ids[i])
+    if msg_id == 0 and e.msg is not None:
+        write_message(out, e.msg)
+    return 0
+
+
+cpdef bytes encode_entry(Inflight e, unsigned long long msg_id):
+    """An entry: QoS, state, retain, packet id, the subscription identifiers, then the message
+    inline (msg_id 0) or the id of its shared body."""
+    cdef WriteBuffer out = _take_scratch()
     try:
-        out.reserve(ENTRY_HEAD + 4 * n)
-        out.put_byte(e.qos)
-        out.put_byte(e.state)
-        out.put_byte(flags)
-        _put_u64(out, msg_id)
-        out.put_byte(n)
-        for i in range(n):
-            out.put_u32(ids[i])
-        if msg_id == 0 and e.msg is not None:
-            write_message(out, e.msg)
+        write_entry(out, e, msg_id)
     except BaseException:
         _finish(out)
         raise
     return _finish(out)
+
+
+cpdef bytes patch_entry(object data, int state, unsigned int packet_id):
+    """A copy of the entry record `data` with a new state and packet id (what the journal's
+    patch operation does at recovery)."""
+    cdef bytes b = _as_bytes(data)
+    cdef bytes out
+    cdef char* p
+    if PyBytes_GET_SIZE(b) < ENTRY_HEAD + 2 or not (<const unsigned char*>PyBytes_AS_STRING(b))[2] & E_PID:
+        raise RecordError("patch of an entry record without a packet id")
+    out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    p = PyBytes_AS_STRING(out)
+    p[1] = <char>state
+    p[PID_AT] = <char>((packet_id >> 8) & 0xFF)
+    p[PID_AT + 1] = <char>(packet_id & 0xFF)
+    return out
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -283,6 +312,7 @@ cpdef tuple decode_entry(object data, object bodies):
     cdef bytes b = _as_bytes(data)
     cdef Cursor c
     cdef int qos, state, flags, n
+    cdef unsigned int pid = 0
     cdef unsigned long long msg_id
     cdef list sub_ids = None
     cdef Inflight e
@@ -295,6 +325,9 @@ cpdef tuple decode_entry(object data, object bodies):
     flags = c.p[2]
     c.pos = 3
     msg_id = _u64(&c)
+    if flags & E_PID:
+        pid = _u16(&c)
+        _need(&c, 1)
     n = c.p[c.pos]
     c.pos += 1
     if qos < 1 or qos > 2 or state > 2:
@@ -307,6 +340,7 @@ cpdef tuple decode_entry(object data, object bodies):
     e.state = state
     e.retain = (flags & E_RETAIN) != 0
     e.sub_ids = sub_ids
+    e.pid = pid
     if flags & E_INLINE:
         e.msg = read_message(b, c.pos) if c.pos < c.end else None
         return e, 0
@@ -338,6 +372,27 @@ cdef inline bytes _client_key(str client_id, int tail_len, unsigned long long ta
     return key
 
 
+cdef inline int _put_client_key(WriteBuffer b, str client_id, int tail_len,
+                                unsigned long long tail) except -1:
+    """u16 length, then the key `_client_key` makes, written straight into b."""
+    cdef Py_ssize_t n
+    cdef const char* cid
+    cdef char* p
+    cdef int i
+    if client_id is None:
+        raise TypeError("a client id is required")
+    cid = PyUnicode_AsUTF8AndSize(client_id, &n)
+    b.reserve(2 + n + 1 + tail_len)
+    b.put_u16(n + 1 + tail_len)
+    p = b.data + b.length
+    memcpy(p, cid, n)
+    p[n] = 0
+    for i in range(tail_len):
+        p[n + tail_len - i] = <char>((tail >> (8 * i)) & 0xFF)
+    b.length += n + 1 + tail_len
+    return 0
+
+
 cpdef bytes seq_key(str client_id, unsigned long long seq):
     return _client_key(client_id, 8, seq)
 
@@ -358,8 +413,9 @@ cpdef bytes pid_key(str client_id, unsigned int packet_id):
 # -- the journal: one record per loop turn of the changes it made ---------------------------------
 
 cdef class Journal:
-    """A turn's changes in order, serialized as they happen: for each, u8 database (its high
-    bit set for a delete), u16 key length, key, and for a put u32 value length and value."""
+    """A turn's changes in order, serialized as they happen: for each, u8 database (or-ed with
+    0x80 for a delete, 0x40 for a patch of an entry record), u16 key length, key, then for a put
+    u32 value length and value, for a patch u8 state and u16 packet id."""
 
     def __init__(self):
         self._buf = WriteBuffer()
@@ -378,10 +434,54 @@ cdef class Journal:
     cpdef delete(self, int db, bytes key):
         cdef WriteBuffer b = self._buf
         b.reserve(3 + len(key))
-        b.put_byte(db | 0x80)
+        b.put_byte(db | J_DELETE)
         b.put_u16(len(key))
         b.put(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
         self.count += 1
+
+    # The entries of sessions' queues (database `queue`, key client id NUL seq), written
+    # straight into the journal: no key or record object is made for them.
+
+    cdef int put_entry(self, int db, str client_id, unsigned long long seq, Inflight e,
+                       unsigned long long msg_id) except -1:
+        cdef WriteBuffer b = self._buf
+        cdef Py_ssize_t at, start
+        cdef unsigned long n
+        b.reserve(1)
+        b.put_byte(db)
+        _put_client_key(b, client_id, 8, seq)
+        at = b.length
+        b.put_u32(0)
+        start = b.length
+        write_entry(b, e, msg_id)
+        n = b.length - start
+        b.data[at] = <char>((n >> 24) & 0xFF)
+        b.data[at + 1] = <char>((n >> 16) & 0xFF)
+        b.data[at + 2] = <char>((n >> 8) & 0xFF)
+        b.data[at + 3] = <char>(n & 0xFF)
+        self.count += 1
+        return 0
+
+    cdef int patch_entry(self, int db, str client_id, unsigned long long seq, int state,
+                         unsigned int packet_id) except -1:
+        """The entry's state and packet id changed (see `patch_entry`)."""
+        cdef WriteBuffer b = self._buf
+        b.reserve(1)
+        b.put_byte(db | J_PATCH)
+        _put_client_key(b, client_id, 8, seq)
+        b.reserve(3)
+        b.put_byte(state)
+        b.put_u16(packet_id)
+        self.count += 1
+        return 0
+
+    cdef int delete_entry(self, int db, str client_id, unsigned long long seq) except -1:
+        cdef WriteBuffer b = self._buf
+        b.reserve(1)
+        b.put_byte(db | J_DELETE)
+        _put_client_key(b, client_id, 8, seq)
+        self.count += 1
+        return 0
 
     cpdef bytes take(self):
         """The serialized changes (the journal is empty afterwards)."""
@@ -393,7 +493,8 @@ cdef class Journal:
 
 
 def replay(object data):
-    """The changes of a journal record, in order: (database, key, value or None)."""
+    """The changes of a journal record, in order: (database, key, value), the value None for a
+    delete and (state, packet id) for a patch of an entry record."""
     cdef bytes b = _as_bytes(data)
     cdef Cursor c
     cdef int db
@@ -410,8 +511,13 @@ def replay(object data):
         _need(&c, klen)
         key = PyBytes_FromStringAndSize(<const char*>(c.p + c.pos), klen)
         c.pos += klen
-        if db & 0x80:
-            out.append((db & 0x7F, key, None))
+        if db & J_DELETE:
+            out.append((db & 0x3F, key, None))
+            continue
+        if db & J_PATCH:
+            _need(&c, 3)
+            out.append((db & 0x3F, key, (c.p[c.pos], (c.p[c.pos + 1] << 8) | c.p[c.pos + 2])))
+            c.pos += 3
             continue
         vlen = _u32(&c)
         _need(&c, vlen)

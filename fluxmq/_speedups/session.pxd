@@ -40,8 +40,16 @@ cdef class Inflight:
     cdef public int state                 # 0 queued, 1 PUBLISH sent, 2 PUBREL sent
     cdef public double sent_at
     cdef public object group              # the SharedGroup it was chosen through, or None
-    cdef public object key                # durable storage's key for it, or None
-    cdef public object stored             # durable storage's encoded record of it, or None
+    # Durable storage's (fluxmq._speedups.storecore): the entry is kept under the key
+    # `owner` NUL `seq` (seq 0: not kept), its record carries `pid` (the packet id it was sent
+    # with); `sflags` and the links place it in the store's list of entries changed since the
+    # last compaction.
+    cdef public unsigned long long seq
+    cdef public int pid
+    cdef public str owner
+    cdef public int sflags
+    cdef Inflight dprev
+    cdef Inflight dnext
 
 
 cdef class Session

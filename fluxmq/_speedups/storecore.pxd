@@ -13,6 +13,9 @@ cdef class StoreCore(StoreHooks):
     cdef public unsigned long long _next_seq
     cdef public unsigned long long _next_msg
     cdef public object flusher
+    cdef Inflight _dhead                  # entries changed since the last compaction, in order
+    cdef Inflight _dtail
+    cdef public Py_ssize_t _dcount
 
     cpdef _insert(self, int db, bytes key, bytes value)
     cdef int _insert_new(self, int db, bytes key, bytes value) except -1
@@ -21,6 +24,12 @@ cdef class StoreCore(StoreHooks):
     cpdef list take_changes(self)
     cpdef Py_ssize_t pending(self)
     cdef int _touch(self) except -1
-    cdef bytes _entry(self, Inflight e)
+    cdef list _take_entries(self)
+    cdef int _link(self, Inflight e) except -1
+    cdef int _unlink(self, Inflight e) except -1
+    cdef unsigned long long _body_id(self, Inflight e)
+    cdef int _keep(self, Session session, Inflight e) except -1
+    cdef int _drop(self, Inflight e) except -1
     cpdef _unref(self, Message msg)
+    cpdef adopt(self, Inflight e, str client_id, unsigned long long seq, bint shared)
     # The session hooks (queued, moved, ...) are declared in session.pxd's StoreHooks.

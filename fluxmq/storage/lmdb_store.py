@@ -104,6 +104,7 @@ class LMDBStore(StoreCore):
         self.fsync_interval = fsync_interval
         self.env: lmdb.Environment | None = None
         self.dbs: list = []
+        self._format = R.FORMAT_VERSION  # of the database opened (an older one is converted)
         self._lock_file = None
         self._next_journal = 1
         self._last_journal = 0
@@ -198,12 +199,15 @@ class LMDBStore(StoreCore):
                     raise StorageError(f"storage.path {self.path}: database has no format marker")
                 txn.put(b"format", R.u32(R.FORMAT_VERSION), db=self.dbs[META])
                 return
-            if len(have) != 4 or R.read_u32(have) != R.FORMAT_VERSION:
-                found = R.read_u32(have) if len(have) == 4 else have
-                raise StorageError(
-                    f"storage.path {self.path}: database format {found} is not the format "
-                    f"{R.FORMAT_VERSION} this FluxMQ writes; FluxMQ does not convert or delete it"
-                )
+            if len(have) == 4 and R.read_u32(have) in R.READABLE_FORMATS:
+                self._format = R.read_u32(have)  # an older one is converted by the first load
+                return
+            found = R.read_u32(have) if len(have) == 4 else have
+            readable = " or ".join(str(f) for f in R.READABLE_FORMATS)
+            raise StorageError(
+                f"storage.path {self.path}: database format {found} is not a format this "
+                f"FluxMQ reads ({readable}); FluxMQ does not convert or delete it"
+            )
 
     def _recover(self) -> None:
         """Apply the journal records left by a broker that stopped before compacting them."""
@@ -232,6 +236,10 @@ class LMDBStore(StoreCore):
                         raise StorageError(f"storage.path {self.path}: journal names database {db}")
                     if v is None:
                         txn.delete(k, db=self.dbs[db])
+                    elif type(v) is tuple:  # an entry sent: its state and packet id
+                        old = txn.get(k, db=self.dbs[db])
+                        if old is not None:
+                            txn.put(k, R.patch_entry(old, *v), db=self.dbs[db])
                     else:
                         txn.put(k, v, db=self.dbs[db])
                 txn.delete(key, db=meta)
@@ -307,15 +315,15 @@ class LMDBStore(StoreCore):
                 if ls is not None:
                     full = R.key_tail(key).decode()
                     ls.subscriptions.append(R.decode_subscription(ls.session, full, val))
+            legacy = []  # format 1: in-flight entries under client id NUL packet id
             for key, val in txn.cursor(d[INFLIGHT]):
                 ls = sessions.get(R.key_client(key))
                 if ls is None:
                     continue
                 e, msg_id = R.decode_entry(val, body)
-                e.key = bytes(key)
                 if msg_id:
                     self._refs[msg_id] = self._refs.get(msg_id, 0) + 1
-                ls.session.restore_inflight(R.read_u16(R.key_tail(key)), e)
+                legacy.append((ls.session, R.read_u16(R.key_tail(key)), e, msg_id, bytes(key)))
             counts: dict[str, int] = {}
             for key, val in txn.cursor(d[QUEUE]):
                 cid = R.key_client(key)
@@ -324,18 +332,30 @@ class LMDBStore(StoreCore):
                 self._next_seq = max(self._next_seq, seq + 1)
                 if ls is None:
                     continue
-                n = counts.get(cid, 0)
-                counts[cid] = n + 1
-                if n < 1000:  # the rest stays on disk (spilled) until the queue drains
+                if val[1] != 0:  # the state: PUBLISH or PUBREL sent, in send order
                     e, msg_id = R.decode_entry(val, body)
-                    e.key = bytes(key)
-                    e.stored = bytes(val)
-                    ls.session.restore_queued(e)
+                    self.adopt(e, cid, seq, msg_id != 0)
+                    ls.session.restore_inflight(e.pid, e)
                 else:
-                    e, msg_id = R.decode_entry(val, lambda _i: None)
-                    ls.session.spilled += 1
+                    n = counts.get(cid, 0)
+                    counts[cid] = n + 1
+                    if n < 1000:  # the rest stays on disk (spilled) until the queue drains
+                        e, msg_id = R.decode_entry(val, body)
+                        self.adopt(e, cid, seq, msg_id != 0)
+                        ls.session.restore_queued(e)
+                    else:
+                        e, msg_id = R.decode_entry(val, lambda _i: None)
+                        ls.session.spilled += 1
                 if msg_id:
                     self._refs[msg_id] = self._refs.get(msg_id, 0) + 1
+            for session, pid, e, msg_id, key in legacy:  # moved into `queue` (format 2)
+                self._delete(INFLIGHT, key)
+                e.pid = pid
+                self.adopt(e, session.client_id, 0, msg_id != 0)  # a new key, written
+                session.restore_inflight(pid, e)
+            if self._format != R.FORMAT_VERSION:
+                self._put(META, b"format", R.u32(R.FORMAT_VERSION))
+                self._format = R.FORMAT_VERSION
             for key, _ in txn.cursor(d[REL]):
                 ls = sessions.get(R.key_client(key))
                 if ls is not None:
@@ -359,11 +379,14 @@ class LMDBStore(StoreCore):
     # The per-message hooks (queued, moved, unqueued, inflight, released, acked, rel_added,
     # rel_removed) and _insert/_put/_delete are StoreCore's (fluxmq/_speedups/storecore.pyx).
 
-    def load_spilled(self, session: Session, n: int) -> list[Inflight]:
-        """The oldest `n` queued entries of a session that are on disk only."""
+    def load_spilled(self, session: Session, n: int, after: int = 0) -> list[Inflight]:
+        """The oldest `n` queued entries of a session that are on disk only: those after
+        sequence number `after` (the newest entry the session has in memory; spilled entries
+        are always newer than those)."""
         self._commit_now()
         out: list[Inflight] = []
         prefix = R.client_prefix(session.client_id)
+        start = R.seq_key(session.client_id, after + 1)
         bodies: dict[int, Message] = {}
         with self.env.begin() as txn:
 
@@ -375,13 +398,14 @@ class LMDBStore(StoreCore):
                 return m
 
             cur = txn.cursor(self.dbs[QUEUE])
-            if cur.set_range(prefix):
+            if cur.set_range(start):
                 for key, val in cur:
                     if not key.startswith(prefix) or len(out) >= n:
                         break
-                    e, _ = R.decode_entry(val, body)
-                    e.key = bytes(key)
-                    e.stored = bytes(val)
+                    if val[1] != 0:  # in flight: the session has it in memory
+                        continue
+                    e, msg_id = R.decode_entry(val, body)
+                    self.adopt(e, session.client_id, R.read_u64(R.key_tail(key)), msg_id != 0)
                     out.append(e)
         return out
 
@@ -398,7 +422,8 @@ class LMDBStore(StoreCore):
         """Forget a session and everything it held (its in-memory state is still intact)."""
         cid = session.client_id
         if session.spilled:
-            for e in self.load_spilled(session, session.spilled):
+            after = max((e.seq for e in session.queued_items()), default=0)
+            for e in self.load_spilled(session, session.spilled, after):
                 self.unqueued(session, e)
         for e in session.queued_items():
             self.unqueued(session, e)

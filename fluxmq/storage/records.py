@@ -1,5 +1,7 @@
 """How durable state is laid out in bytes: messages, queue/in-flight entries, sessions, wills,
-subscriptions. Format version 1; `FORMAT_VERSION` is stored in the database and checked at open.
+subscriptions. Format version 2; `FORMAT_VERSION` is stored in the database and checked at open.
+A format 1 database (in-flight entries in their own database, keyed by packet id) is read and
+converted by the first start: its in-flight entries move into `queue`.
 
 Keys (every client id is followed by NUL, which MQTT strings cannot contain [MQTT-1.5.4-2]):
 
@@ -9,8 +11,8 @@ Keys (every client id is followed by NUL, which MQTT strings cannot contain [MQT
 | `sessions` | client id | session record |
 | `wills` | client id | will record |
 | `subs` | client id NUL filter | subscription record |
-| `queue` | client id NUL seq (u64) | entry record |
-| `inflight` | client id NUL packet id (u16) | entry record |
+| `queue` | client id NUL seq (u64) | entry record (queued, or in flight with its packet id) |
+| `inflight` | client id NUL packet id (u16) | format 1 only: entry record |
 | `rel` | client id NUL packet id (u16) | empty (inbound QoS 2 awaiting PUBREL) |
 | `msgs` | message id (u64) | message record (a body shared by several entries) |
 | `retained` | topic | message record |
@@ -31,6 +33,7 @@ from fluxmq._speedups.records import (
     decode_message,
     encode_entry,
     encode_message,
+    patch_entry,
     pid_key,
     seq_key,
 )
@@ -38,6 +41,7 @@ from fluxmq._speedups.session import Session, Subscription
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_FORMATS",
     "RecordError",
     "client_prefix",
     "decode_entry",
@@ -52,6 +56,7 @@ __all__ = [
     "encode_will",
     "key_client",
     "key_tail",
+    "patch_entry",
     "pid_key",
     "read_u16",
     "read_u32",
@@ -61,7 +66,8 @@ __all__ = [
     "u64",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 _SESSION = struct.Struct(">BIdd")  # version, expiry interval, disconnected at, reserved
 _WILL = struct.Struct(">Iqd")  # delay, expiry (-1 = none), deadline (0 = not started)

@@ -3,12 +3,15 @@ driven directly on a real LMDB store and read back from its databases."""
 
 from __future__ import annotations
 
+import struct
+
+import lmdb
 import pytest
 from fluxmq._speedups.message import Message
 from fluxmq._speedups.session import Inflight, Session, StoreHooks
 
 from fluxmq.storage import records as R
-from fluxmq.storage.lmdb_store import INFLIGHT, QUEUE, LMDBStore
+from fluxmq.storage.lmdb_store import INFLIGHT, META, MSGS, QUEUE, SESSIONS, LMDBStore
 
 
 def _contents(store: LMDBStore, db: int) -> dict[bytes, bytes]:
@@ -24,27 +27,178 @@ def _entry(payload: bytes) -> Inflight:
     return e
 
 
+def _send(store: LMDBStore, s: Session, pid: int, e: Inflight) -> None:
+    """What Session._send does for a queued entry."""
+    e.state = 1
+    store.moved(s, pid, e)
+
+
+def _crash(store: LMDBStore) -> None:
+    """Commit this turn's journal record, then stop the way a killed broker does: nothing
+    compacted, nothing closed cleanly (only the lock and the environment are released)."""
+    store.write(store._make_batch())
+    store.env.close()
+    store.env = None
+    store._unlock()
+
+
+def _reopen(path) -> tuple[LMDBStore, dict[str, Session]]:
+    store = LMDBStore(str(path), fsync="never")
+    store.open()
+    loaded = store.load(lambda cid, expiry: Session(cid, expiry))
+    return store, {ls.session.client_id: ls.session for ls in loaded.sessions}
+
+
 def test_queued_then_sent_then_acked(store):
     s = Session("c\u00e9", 60)
     s.store = store
     e = _entry(b"hello")
     store.queued(s, e)
-    queued_raw = e.stored
     queue = _contents(store, QUEUE)
-    assert list(queue) == [R.seq_key("c\u00e9", 1)]
-    assert queue[R.seq_key("c\u00e9", 1)][1] == 0  # state: queued
+    key = R.seq_key("c\u00e9", 1)
+    assert list(queue) == [key]
+    queued_raw = queue[key]
+    assert queued_raw[1] == 0  # state: queued
+    back, _ = R.decode_entry(queued_raw, lambda _i: None)
+    assert back.pid == 0
 
-    store.moved(s, 7, e)
-    assert queued_raw[1] == 0  # the queued record object was copied, not changed in place
-    assert _contents(store, QUEUE) == {}
-    inflight = _contents(store, INFLIGHT)
-    raw = inflight[R.pid_key("c\u00e9", 7)]
-    assert raw[1] == 1 and raw[:1] + raw[2:] == queued_raw[:1] + queued_raw[2:]
+    _send(store, s, 7, e)
+    raw = _contents(store, QUEUE)[key]  # one keyspace: the same key, the state and id patched
+    assert raw == R.patch_entry(queued_raw, 1, 7)
+    assert raw[:1] + raw[2:11] + raw[13:] == queued_raw[:1] + queued_raw[2:11] + queued_raw[13:]
     back, msg_id = R.decode_entry(raw, lambda _i: None)
-    assert (back.state, back.msg.payload, msg_id) == (1, b"hello", 0)
+    assert (back.state, back.pid, back.msg.payload, msg_id) == (1, 7, b"hello", 0)
+    assert _contents(store, INFLIGHT) == {}
 
     store.acked(s, 7, e)
-    assert _contents(store, INFLIGHT) == {}
+    assert _contents(store, QUEUE) == {}
+
+
+def test_changes_that_cancel_never_reach_the_database(store):
+    """Queued, sent and acknowledged between two compactions: the entry leaves the list of
+    changed entries and compaction writes nothing for it; one that lasts is written."""
+    s = Session("c", 60)
+    s.store = store
+    gone, kept = _entry(b"gone"), _entry(b"kept")
+    store.queued(s, gone)
+    store.queued(s, kept)
+    _send(store, s, 1, gone)
+    assert store._dcount == 2
+    store.acked(s, 1, gone)
+    assert store._dcount == 1
+    changes = dict(store.take_changes())
+    assert [k for k, _ in changes[QUEUE]] == [R.seq_key("c", 2)]
+    assert store._dcount == 0
+    # kept is in the database now: its removal has to be written by the next compaction
+    store.acked(s, 0, kept)
+    changes = dict(store.take_changes())
+    assert changes[QUEUE] == [(R.seq_key("c", 2), None)]
+
+
+def test_send_of_a_compacted_entry_is_written_again(store):
+    s = Session("c", 60)
+    s.store = store
+    e = _entry(b"x")
+    store.queued(s, e)
+    assert _contents(store, QUEUE)[R.seq_key("c", 1)][1] == 0  # compacted while queued
+    _send(store, s, 9, e)
+    raw = _contents(store, QUEUE)[R.seq_key("c", 1)]
+    assert (raw[1], R.decode_entry(raw, lambda _i: None)[0].pid) == (1, 9)
+
+
+def test_journal_patch_is_replayed_after_a_crash(tmp_path):
+    """An entry compacted while queued, then sent: after a crash only the journal's patch
+    says so; the start replays it and the entry is in flight under its packet id."""
+    path = tmp_path / "data"
+    store = LMDBStore(str(path), fsync="never")
+    store.open()
+    s = Session("c", 300)
+    s.store = store
+    store.session_saved(s)
+    first, second = _entry(b"first"), _entry(b"second")
+    store.queued(s, first)
+    store.queued(s, second)
+    store._commit_now()
+    _send(store, s, 5, first)
+    _crash(store)
+
+    store, sessions = _reopen(path)
+    try:
+        back = sessions["c"]
+        assert [(pid, e.state, e.msg.payload) for pid, e in back.inflight_items()] == [
+            (5, 1, b"first")
+        ]
+        assert [e.msg.payload for e in back.queued_items()] == [b"second"]
+        back.store = store
+        e = dict(back.inflight_items())[5]
+        store.acked(back, 5, e)  # the loaded entry keeps its key
+        assert list(_contents(store, QUEUE)) == [R.seq_key("c", 2)]
+    finally:
+        store.close()
+
+
+def test_released_entry_survives_a_crash(tmp_path):
+    """QoS 2, PUBREL sent: the record drops the message and keeps the packet id."""
+    path = tmp_path / "data"
+    store = LMDBStore(str(path), fsync="never")
+    store.open()
+    s = Session("c", 300)
+    s.store = store
+    store.session_saved(s)
+    e = _entry(b"two")
+    e.qos = 2
+    e.state = 1
+    store.inflight(s, 3, e)
+    store._commit_now()
+    e.state = 2
+    store.released(s, 3, e)
+    _crash(store)
+
+    store, sessions = _reopen(path)
+    try:
+        [(pid, back)] = sessions["c"].inflight_items()
+        assert (pid, back.state, back.qos, back.msg) == (3, 2, 2, None)
+    finally:
+        store.close()
+
+
+def _format1_database(path) -> None:
+    """A database as format 1 wrote it: an in-flight entry under client id NUL packet id in
+    `inflight` (record without a packet id), a queued one in `queue`."""
+    env = lmdb.open(str(path), max_dbs=16, map_size=16 << 20, subdir=True)
+    entry = struct.pack(">BBBQB", 1, 1, 2, 0, 0) + R.encode_message(Message("t", b"old", 1, False))
+    queued = struct.pack(">BBBQB", 1, 0, 2, 0, 0) + R.encode_message(Message("t", b"q", 1, False))
+    with env.begin(write=True) as txn:
+        txn.put(b"format", R.u32(1), db=env.open_db(b"meta", txn=txn))
+        session = struct.pack(">BIdd", 1, 300, 1.0, 0.0)
+        txn.put(b"c", session, db=env.open_db(b"sessions", txn=txn))
+        txn.put(R.pid_key("c", 12), entry, db=env.open_db(b"inflight", txn=txn))
+        txn.put(R.seq_key("c", 4), queued, db=env.open_db(b"queue", txn=txn))
+    env.close()
+
+
+def test_format_1_database_is_converted(tmp_path):
+    path = tmp_path / "data"
+    _format1_database(path)
+    store, sessions = _reopen(path)
+    try:
+        s = sessions["c"]
+        assert [(pid, e.state, e.msg.payload) for pid, e in s.inflight_items()] == [(12, 1, b"old")]
+        assert [e.msg.payload for e in s.queued_items()] == [b"q"]
+        assert _contents(store, INFLIGHT) == {}
+        queue = _contents(store, QUEUE)
+        assert list(queue) == [R.seq_key("c", 4), R.seq_key("c", 5)]
+        moved, _ = R.decode_entry(queue[R.seq_key("c", 5)], lambda _i: None)
+        assert (moved.state, moved.pid, moved.msg.payload) == (1, 12, b"old")
+        assert _contents(store, META)[b"format"] == R.u32(R.FORMAT_VERSION)
+        assert list(_contents(store, SESSIONS)) == [b"c"]
+    finally:
+        store.close()
+    store, sessions = _reopen(path)  # and it reads back in the new format
+    try:
+        assert [(pid, e.msg.payload) for pid, e in sessions["c"].inflight_items()] == [(12, b"old")]
+    finally:
+        store.close()
 
 
 def test_a_session_store_must_be_a_store():
@@ -57,3 +211,28 @@ def test_a_session_store_must_be_a_store():
 def test_the_base_hooks_are_not_a_store():
     with pytest.raises(TypeError, match="not a durable store: it has no queued hook"):
         StoreHooks().queued(Session("c", 60), _entry(b"x"))
+
+
+def test_removed_session_with_spilled_entries_leaves_nothing(store):
+    """Past SPILL_AT queued entries the newest stay on disk only; forgetting the session
+    deletes both kinds, each once, and its shared bodies with them."""
+    from fluxmq._speedups.dispatch import Dispatcher
+
+    s = Session("c", 300, max_queue=5000)
+    s.store = store
+    other = Session("d", 300, max_queue=5000)
+    other.store = store
+    store.session_saved(s)
+    disp = Dispatcher()
+    for i in range(1200):
+        msg = Message("t", b"%d" % i, 1, False)
+        if i % 100 == 0:  # delivered to two sessions: one shared body
+            msg.fanout = 2
+            disp.publish_to(other, msg, 1, False, None)
+        disp.publish_to(s, msg, 1, False, None)
+    assert s.spilled == 200 and len(s.queued_items()) == 1000
+    store.session_removed(s)
+    queue = _contents(store, QUEUE)
+    assert {R.key_client(k) for k in queue} == {"d"} and len(queue) == 12
+    assert len(_contents(store, MSGS)) == 12  # the shared bodies "d" still refers to
+    assert all(n == 1 for n in store._refs.values())

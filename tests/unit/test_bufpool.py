@@ -262,3 +262,55 @@ def test_barrier_sees_each_turn_and_can_hold_output(loop: asyncio.AbstractEventL
     assert calls == [1, 0]
     ch.out.write_held(held.pop())
     assert tr.writes == [b"\xd0\x00" * 2] and ch.out.held == 0
+
+
+def test_deliveries_leave_before_the_barrier(loop: asyncio.AbstractEventLoop) -> None:
+    """Output holding only QoS 0/1 PUBLISHes is written before the storage barrier runs (a
+    subscriber does not wait for the turn's commit); any other packet, a QoS 2 PUBLISH, and a
+    buffer with output still held for an earlier commit go through the barrier."""
+    from fluxmq._speedups.message import Message
+
+    fl = Flusher(loop)
+    disp = Dispatcher()
+    sub, sub_t = channel(loop, fl, "sub")
+    other, other_t = channel(loop, fl, "other")
+    seen: list[tuple[int, int, list[str]]] = []
+    hold: list[bool] = [False]
+    held: list[bytes] = []
+
+    def barrier(dirty: list) -> list:
+        names = ["sub" if b is sub.out else "other" for b in dirty]
+        seen.append((len(sub_t.writes), len(other_t.writes), names))
+        if hold[0]:
+            held.extend(b.take_held() for b in dirty)
+            return []
+        return dirty
+
+    fl.barrier = barrier
+    for qos in (0, 1):
+        disp.publish_to(sub.session, Message("t", b"m", qos, False), qos, False, None)
+    other.send(Pingresp())
+    run_one_turn(loop)
+    assert seen == [(1, 0, ["other"])]  # the deliveries were out when the barrier ran
+    assert len(sub_t.writes) == 1 and len(other_t.writes) == 1
+
+    disp.publish_to(sub.session, Message("t", b"two", 2, False), 2, False, None)
+    run_one_turn(loop)
+    assert seen[-1] == (1, 1, ["sub"])  # exactly once: after the commit of its state
+
+    disp.publish_to(sub.session, Message("t", b"m", 1, False), 1, False, None)
+    sub.send(Pingresp())  # anything else in the same buffer: all of it waits
+    run_one_turn(loop)
+    assert seen[-1] == (2, 1, ["sub"])
+
+    hold[0] = True  # fsync always: the commit is not on disk at the end of the turn
+    sub.send(Pingresp())
+    run_one_turn(loop)
+    assert sub.out.held == 1 and len(sub_t.writes) == 3
+    disp.publish_to(sub.session, Message("t", b"m", 1, False), 1, False, None)
+    run_one_turn(loop)
+    assert seen[-1] == (3, 1, ["sub"])  # it must not overtake the held output
+    assert len(sub_t.writes) == 3
+    for data in held:
+        sub.out.write_held(data)
+    assert len(sub_t.writes) == 5
