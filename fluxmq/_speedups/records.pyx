@@ -58,18 +58,22 @@ class RecordError(Exception):
 
 # -- writing -------------------------------------------------------------------------------------
 
+cdef inline int _put_u64(WriteBuffer out, unsigned long long v) except -1:
+    """Big-endian, in C (a Python-int mask here once made six PyLongs per record)."""
+    cdef char* p
+    cdef int i
+    out.reserve(8)
+    p = out.data + out.length
+    for i in range(8):
+        p[7 - i] = <char>((v >> (8 * i)) & 0xFF)
+    out.length += 8
+    return 0
+
+
 cdef inline int _put_f64(WriteBuffer out, double v) except -1:
     cdef unsigned long long u
     memcpy(&u, &v, 8)
-    out.put_u32((u >> 32) & 0xFFFFFFFF)
-    out.put_u32(u & 0xFFFFFFFF)
-    return 0
-
-
-cdef inline int _put_u64(WriteBuffer out, unsigned long long v) except -1:
-    out.put_u32((v >> 32) & 0xFFFFFFFF)
-    out.put_u32(v & 0xFFFFFFFF)
-    return 0
+    return _put_u64(out, u)
 
 
 cdef int write_message(WriteBuffer out, Message m) except -1:
