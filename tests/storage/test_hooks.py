@@ -36,7 +36,9 @@ def _send(store: LMDBStore, s: Session, pid: int, e: Inflight) -> None:
 def _crash(store: LMDBStore) -> None:
     """Commit this turn's journal record, then stop the way a killed broker does: nothing
     compacted, nothing closed cleanly (only the lock and the environment are released)."""
-    store.write(store._make_batch())
+    b = store._make_batch()
+    if b is not None:
+        store.write(b)
     store.env.close()
     store.env = None
     store._unlock()
@@ -236,3 +238,38 @@ def test_removed_session_with_spilled_entries_leaves_nothing(store):
     assert {R.key_client(k) for k in queue} == {"d"} and len(queue) == 12
     assert len(_contents(store, MSGS)) == 12  # the shared bodies "d" still refers to
     assert all(n == 1 for n in store._refs.values())
+
+
+def test_journal_record_in_parts_is_joined_at_recovery(tmp_path):
+    """A turn's journal record longer than one LMDB page is written in parts (one overflow
+    page each); after a crash the start joins them back in order."""
+    from fluxmq.storage.lmdb_store import _JPART
+
+    path = tmp_path / "data"
+    store = LMDBStore(str(path), fsync="never")
+    store.open()
+    s = Session("c", 300)
+    s.store = store
+    store.session_saved(s)
+    payloads = [bytes([65 + i]) * 3000 for i in range(5)]  # ~15 KB: 4 parts
+    for p in payloads:
+        store.queued(s, _entry(p))
+    store.write(store._make_batch())
+    with store.env.begin() as txn:
+        keys = [bytes(k) for k, _ in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
+    assert len(keys) == 4 and len({k[:9] for k in keys}) == 1
+    assert all(len(v) <= _JPART for v in _parts(store))
+    _crash(store)
+
+    store, sessions = _reopen(path)
+    try:
+        assert [e.msg.payload for e in sessions["c"].queued_items()] == payloads
+        with store.env.begin() as txn:  # recovered: the parts are gone
+            assert not [k for k, _ in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
+    finally:
+        store.close()
+
+
+def _parts(store: LMDBStore) -> list[bytes]:
+    with store.env.begin() as txn:
+        return [bytes(v) for k, v in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
