@@ -11,6 +11,13 @@ arrived, for
 - FluxMQ with ``storage.type: lmdb`` and ``fsync: always`` (a PUBACK leaves only after the
   message is fsynced) and ``fsync: interval`` (committed every loop turn, fsynced every second),
 - FluxMQ with ``storage.type: memory`` (the baseline of "lose no more than 20 %").
+
+Then the second shape issue 3 names, a **stream**: the same 4 publishers (QoS 1, window 100
+each, persistent sessions) and one *online* persistent subscriber on ``bench/#`` (QoS 1, the
+broker's default in-flight window of 100), for ``--stream-seconds``, against FluxMQ with
+``storage.type: memory`` and with LMDB ``fsync: interval``, alternating; reported: the
+messages/s the subscriber received, the broker's CPU per message, the loss, and LMDB against
+memory, overall (medians) and round by round (``--stream-reps 0`` skips it).
 """
 
 from __future__ import annotations
@@ -151,6 +158,101 @@ def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[R
     return results
 
 
+@dataclass
+class StreamResult:
+    label: str
+    rate: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    failure: str | None = None
+
+
+STREAM_VARIANTS = [VARIANTS[3], VARIANTS[2]]  # memory, then lmdb interval
+
+
+def stream_run(broker: Broker, seconds: float) -> tuple[float, float, int]:
+    """The stream: (messages/s received, broker CPU µs per message, messages lost)."""
+    opts = ConnOptions(
+        host="127.0.0.1", port=broker.port, version=w.V311, clean=False, prefix="stream"
+    )
+    r = run(
+        RunPlan(
+            opts=opts,
+            pub=PubSpec(count=4, topic="bench/%i", qos=1, size=16, inflight=100),
+            sub=SubSpec(count=1, topic="bench/#", qos=1),
+            duration=seconds,
+            quiet=True,
+            broker_pid=broker.pid,
+            label="stream",
+        )
+    )
+    received = r["received"]
+    cpu = (r.get("broker") or {}).get("cpu_s")
+    cpu_us = cpu * 1e6 / received if cpu is not None and received else float("nan")
+    return float(r["recv_per_s"]), cpu_us, int(r["lost"])
+
+
+def compare_stream(reps: int, seconds: float, workdir: Path) -> list[StreamResult]:
+    """Memory and LMDB `interval`, one run of each per round (a `sync` before each run)."""
+    results = [StreamResult(v.label) for v in STREAM_VARIANTS]
+    for rep in range(reps):
+        for i, (v, r) in enumerate(zip(STREAM_VARIANTS, results, strict=True)):
+            if r.failure is not None:
+                continue
+            broker: Broker | None = None
+            try:
+                os.sync()
+                # n = 0: the default queue bound (1,000), as a deployment has it
+                broker = v.make(workdir / f"stream-{i}-{rep}", 0).start()
+                time.sleep(0.3)
+                rate, cpu_us, lost = stream_run(broker, seconds)
+                r.rate.append(rate)
+                r.cpu_us.append(cpu_us)
+                r.lost.append(lost)
+                _log(
+                    f"  stream {v.label:30} rep {rep + 1}/{reps}: {report.fmt_num(rate)} msg/s, "
+                    f"{cpu_us:.2f} µs broker CPU per message, lost {lost}"
+                )
+            except (BrokerStartError, RunError, OSError) as e:
+                r.failure = f"{type(e).__name__}: {e}"
+                _log(f"  stream {v.label:30} FAILED: {r.failure}")
+            finally:
+                if broker is not None:
+                    broker.stop()
+    return results
+
+
+def stream_table(results: list[StreamResult], seconds: float) -> str:
+    mem, disk = results
+    headers = ["storage", "msg/s received (median)", "range", "broker CPU per message", "lost"]
+    rows = []
+    for r in results:
+        if not r.rate:
+            rows.append([r.label, "FAILED", r.failure or "-", "-", "-"])
+            continue
+        rows.append(
+            [
+                r.label,
+                report.fmt_num(statistics.median(r.rate)),
+                f"{report.fmt_num(min(r.rate))}-{report.fmt_num(max(r.rate))}",
+                f"{statistics.median(r.cpu_us):.2f} µs",
+                str(sum(r.lost)),
+            ]
+        )
+    text = (
+        f"persistent QoS 1 stream: 4 publishers to one online persistent subscriber, "
+        f"{seconds:g} s per run, median of {len(disk.rate)} rounds\n\n"
+        + report.table(headers, rows, True)
+    )
+    if mem.rate and disk.rate:
+        overall = 100 * (statistics.median(disk.rate) / statistics.median(mem.rate) - 1)
+        rounds = ", ".join(
+            f"{100 * (d / m - 1):+.0f} %" for m, d in zip(mem.rate, disk.rate, strict=False)
+        )
+        text += f"\n\nLMDB interval vs memory: {overall:+.1f} % (medians); by round: {rounds}"
+    return text
+
+
 def table(results: list[Result], n: int) -> str:
     base = next((r for r in results if r.label.startswith("Mosquitto")), None)
     mem = next((r for r in results if r.label.endswith("memory")), None)
@@ -195,6 +297,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--reps", type=int, default=None, help="runs per broker (3; quick 1)")
     p.add_argument("--quick", action="store_true", help="smaller and fewer runs")
+    p.add_argument(
+        "--stream-reps", type=int, default=None, help="stream rounds (the reps; 0 = skip it)"
+    )
+    p.add_argument("--stream-seconds", type=float, default=8.0, help="seconds per stream run (8)")
     p.add_argument("--markdown", default=None, help="write the table (Markdown) here")
     p.add_argument("--workdir", default=None, help="broker configs, data and logs (a temp dir)")
 
@@ -209,10 +315,19 @@ def main(a: argparse.Namespace) -> int:
     header = "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items())
     print(header, flush=True)
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="fluxmq-persist-"))
+    stream_reps = reps if a.stream_reps is None else a.stream_reps
+    if not 1.0 <= a.stream_seconds <= 30.0:
+        print("error: --stream-seconds must be between 1 and 30", file=sys.stderr)
+        return 2
     results = compare(n, reps, workdir, VARIANTS)
     text = table(results, n)
+    ok = all(r.failure is None for r in results)
+    if stream_reps > 0:
+        streams = compare_stream(stream_reps, a.stream_seconds, workdir)
+        text += "\n\n" + stream_table(streams, a.stream_seconds)
+        ok = ok and all(r.failure is None and not any(r.lost) for r in streams)
     print()
     print(text)
     if a.markdown:
         Path(a.markdown).write_text(f"{header}\n\n{text}\n")
-    return 0 if all(r.failure is None for r in results) else 1
+    return 0 if ok else 1

@@ -292,6 +292,34 @@ def test_compare_quick_smoke(tmp_path: Path) -> None:
     assert md.read_text().count("| fan-in") == 2
 
 
+def test_persist_quick_smoke(tmp_path: Path) -> None:
+    """`persist` with a small queue and 1 s streams: every variant runs, every message is
+    delivered, and the stream table compares LMDB with memory, overall and by round."""
+    md = tmp_path / "persist.md"
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "persist", "--messages", "2000", "--reps", "1",
+         "--stream-reps", "2", "--stream-seconds", "1", "--markdown", str(md),
+         "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("persistent QoS 1 stream"))
+    rows = [ln for ln in lines[:at] if ln.startswith("| ")]
+    assert sum(ln.endswith("| yes |") for ln in rows) == 4, p.stdout
+    stream = [ln for ln in lines[at:] if ln.startswith("| FluxMQ")]
+    assert [ln.split("|")[1].strip() for ln in stream] == [
+        "FluxMQ, memory",
+        "FluxMQ, lmdb fsync interval",
+    ]
+    for row in stream:
+        cells = [c.strip() for c in row.split("|")]
+        assert int(cells[2].replace(",", "")) > 1000 and cells[-2] == "0", row
+    by_round = [ln for ln in p.stdout.splitlines() if ln.startswith("LMDB interval vs memory")]
+    assert len(by_round) == 1 and by_round[0].count(" %") == 3, by_round
+    assert "FAILED" not in p.stdout and "stream" in md.read_text()
+
+
 # -- WebSocket framing (pure) ----------------------------------------------------------------
 def _frame_header(b0: int, n: int) -> bytes:
     """A server frame header with first byte ``b0`` (FIN and opcode) and payload length ``n``."""
