@@ -273,3 +273,24 @@ def test_journal_record_in_parts_is_joined_at_recovery(tmp_path):
 def _parts(store: LMDBStore) -> list[bytes]:
     with store.env.begin() as txn:
         return [bytes(v) for k, v in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
+
+
+def test_connected_session_keeps_its_queue_in_memory_longer(store):
+    """An offline session keeps 1,000 queued entries in memory and the rest on disk only; a
+    connected one, whose publishers are paused at 1,000, keeps up to 4,000 (the overshoot of
+    their windows) in memory: reading a spilled queue back costs a compaction per 500 entries,
+    which a live stream cannot afford."""
+    from fluxmq._speedups.dispatch import Dispatcher
+    from fluxmq._speedups.session import CallbackOutlet
+
+    disp = Dispatcher()
+    online = Session("on", 300, window=1, max_queue=25_000)
+    offline = Session("off", 300, window=1, max_queue=25_000)
+    for s in (online, offline):
+        s.store = store
+    online.resume(CallbackOutlet(lambda *a: True))
+    for i in range(4500):
+        for s in (online, offline):
+            disp.publish_to(s, Message("t", b"%d" % i, 1, False), 1, False, None)
+    assert (len(offline.queued_items()), offline.spilled) == (1000, 3500)
+    assert (len(online.queued_items()), online.spilled) == (4000, 499)  # one in flight
