@@ -8,8 +8,12 @@ connection's `OutBuffer`; the first packet of a loop turn registers the buffer w
 turn. Storage for the buffers comes from a small pool, so an idle connection holds no buffer.
 
 Durable storage sets `Flusher.barrier`: at the end of a turn it commits what the turn changed
-before anything is written, and with `storage.fsync: always` it takes the turn's output
-(`take_held`) and writes it (`write_held`) only once the commit is on disk, in order.
+before the buffers it is given are written, and with `storage.fsync: always` it takes the turn's
+output (`take_held`) and writes it (`write_held`) only once the commit is on disk, in order.
+A buffer holding only QoS 0/1 PUBLISH packets (`mark_delivery`, no `ordered` output) and no
+output held for an earlier commit is written before the barrier: a delivery acknowledges
+nothing, so a subscriber need not wait for a commit that only publishers' acknowledgements
+depend on.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize

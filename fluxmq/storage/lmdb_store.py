@@ -2,8 +2,9 @@
 
 Every change a loop turn makes (a message queued, sent, acknowledged; a subscription; a
 session; a retained message; a will) is appended to the turn's journal, and the turn's journal is
-committed as one LMDB record by the flusher's barrier at the end of the turn, before any output
-of that turn is written. The changes also gather in memory, where a key inserted and deleted
+committed as one LMDB record by the flusher's barrier at the end of the turn, before the turn's
+output is written (deliveries of QoS 0/1 messages, which acknowledge nothing, go before it: see
+fluxmq/_speedups/bufpool.pyx). The changes also gather in memory, where a key inserted and deleted
 again before the next compaction (a message acknowledged within a second, the usual case)
 cancels out; every second the survivors are applied to the main databases in small chunks and
 the journal records they cover are deleted. A start replays any journal records left over.
