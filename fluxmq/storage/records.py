@@ -8,6 +8,7 @@ Keys (every client id is followed by NUL, which MQTT strings cannot contain [MQT
 | database | key | value |
 |---|---|---|
 | `meta` | `format` | format version (u32) |
+| `journal0`, `journal1` | journal id (u64) part (u32) | a turn's journal record, in parts of <= 4080 bytes |
 | `sessions` | client id | session record |
 | `wills` | client id | will record |
 | `subs` | client id NUL filter | subscription record |

@@ -8,10 +8,11 @@ import struct
 import lmdb
 import pytest
 from fluxmq._speedups.message import Message
+from fluxmq._speedups.records import Journal
 from fluxmq._speedups.session import Inflight, Session, StoreHooks
 
 from fluxmq.storage import records as R
-from fluxmq.storage.lmdb_store import INFLIGHT, META, MSGS, QUEUE, SESSIONS, LMDBStore
+from fluxmq.storage.lmdb_store import INFLIGHT, J0, J1, META, MSGS, QUEUE, SESSIONS, LMDBStore
 
 
 def _contents(store: LMDBStore, db: int) -> dict[bytes, bytes]:
@@ -255,42 +256,65 @@ def test_journal_record_in_parts_is_joined_at_recovery(tmp_path):
     for p in payloads:
         store.queued(s, _entry(p))
     store.write(store._make_batch())
-    with store.env.begin() as txn:
-        keys = [bytes(k) for k, _ in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
-    assert len(keys) == 4 and len({k[:9] for k in keys}) == 1
-    assert all(len(v) <= _JPART for v in _parts(store))
+    parts = _journal_parts(store)
+    assert len(parts) == 4 and len({k[:8] for k in parts}) == 1
+    assert all(len(v) <= _JPART for v in parts.values())
     _crash(store)
 
     store, sessions = _reopen(path)
     try:
         assert [e.msg.payload for e in sessions["c"].queued_items()] == payloads
-        with store.env.begin() as txn:  # recovered: the parts are gone
-            assert not [k for k, _ in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
+        assert _journal_parts(store) == {}  # recovered: the records are gone
     finally:
         store.close()
 
 
-def _parts(store: LMDBStore) -> list[bytes]:
+def _journal_parts(store: LMDBStore) -> dict[bytes, bytes]:
+    return {**_contents_now(store, J0), **_contents_now(store, J1)}
+
+
+def _contents_now(store: LMDBStore, db: int) -> dict[bytes, bytes]:
     with store.env.begin() as txn:
-        return [bytes(v) for k, v in txn.cursor(store.dbs[META]) if bytes(k).startswith(b"j")]
+        return {bytes(k): bytes(v) for k, v in txn.cursor(store.dbs[db])}
 
 
-def test_connected_session_keeps_its_queue_in_memory_longer(store):
-    """An offline session keeps 1,000 queued entries in memory and the rest on disk only; a
-    connected one, whose publishers are paused at 1,000, keeps up to 4,000 (the overshoot of
-    their windows) in memory: reading a spilled queue back costs a compaction per 500 entries,
-    which a live stream cannot afford."""
-    from fluxmq._speedups.dispatch import Dispatcher
-    from fluxmq._speedups.session import CallbackOutlet
+def test_journal_records_switch_databases_and_go_with_one_drop(store):
+    """Each compaction's snapshot sends later records to the other journal database; once
+    the snapshot is applied, the database it covers is emptied whole; a record of a later turn
+    (in the other one) stays until the next compaction."""
+    s = Session("c", 300)
+    s.store = store
+    store.session_saved(s)
+    store.write(store._make_batch())
+    first = store._jdb
+    assert _contents_now(store, first) and not _contents_now(store, J0 + J1 - first)
+    store._last_compact = 0.0  # a compaction is due: the next turn takes the snapshot
+    store.queued(s, _entry(b"x"))
+    store.write(store._make_batch())  # its record (in `first`), the snapshot, its only chunk
+    assert store._jdb != first
+    assert not _contents_now(store, first)
+    store.queued(s, _entry(b"y"))
+    store.write(store._make_batch())
+    assert len(_contents_now(store, store._jdb)) == 1
+    store._commit_now()  # everything compacted: both empty
+    assert _journal_parts(store) == {}
 
-    disp = Dispatcher()
-    online = Session("on", 300, window=1, max_queue=25_000)
-    offline = Session("off", 300, window=1, max_queue=25_000)
-    for s in (online, offline):
-        s.store = store
-    online.resume(CallbackOutlet(lambda *a: True))
-    for i in range(4500):
-        for s in (online, offline):
-            disp.publish_to(s, Message("t", b"%d" % i, 1, False), 1, False, None)
-    assert (len(offline.queued_items()), offline.spilled) == (1000, 3500)
-    assert (len(online.queued_items()), online.spilled) == (4000, 499)  # one in flight
+
+def test_journal_records_of_a_format_1_broker_are_replayed(tmp_path):
+    """A format 1 broker kept its journal records in `meta` under b"j" + id: a start replays
+    them before reading anything, and removes them."""
+    path = tmp_path / "data"
+    _format1_database(path)
+    record = Journal()
+    record.put(QUEUE, R.seq_key("c", 9), struct.pack(">BBBQB", 1, 0, 2, 0, 0)
+               + R.encode_message(Message("t", b"from-journal", 1, False)))  # fmt: skip
+    env = lmdb.open(str(path), max_dbs=16, map_size=16 << 20, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(b"j" + R.u64(1), record.take(), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    store, sessions = _reopen(path)
+    try:
+        assert [e.msg.payload for e in sessions["c"].queued_items()] == [b"q", b"from-journal"]
+        assert list(_contents(store, META)) == [b"format"]
+    finally:
+        store.close()
