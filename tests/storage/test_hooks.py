@@ -45,6 +45,16 @@ def _crash(store: LMDBStore) -> None:
     store._unlock()
 
 
+def _persistent_session(path) -> tuple[LMDBStore, Session]:
+    """A store opened at `path` (`fsync: never`) and a saved persistent session "c" on it."""
+    store = LMDBStore(str(path), fsync="never")
+    store.open()
+    s = Session("c", 300)
+    s.store = store
+    store.session_saved(s)
+    return store, s
+
+
 def _reopen(path) -> tuple[LMDBStore, dict[str, Session]]:
     store = LMDBStore(str(path), fsync="never")
     store.open()
@@ -113,11 +123,7 @@ def test_journal_patch_is_replayed_after_a_crash(tmp_path):
     """An entry compacted while queued, then sent: after a crash only the journal's patch
     says so; the start replays it and the entry is in flight under its packet id."""
     path = tmp_path / "data"
-    store = LMDBStore(str(path), fsync="never")
-    store.open()
-    s = Session("c", 300)
-    s.store = store
-    store.session_saved(s)
+    store, s = _persistent_session(path)
     first, second = _entry(b"first"), _entry(b"second")
     store.queued(s, first)
     store.queued(s, second)
@@ -143,11 +149,7 @@ def test_journal_patch_is_replayed_after_a_crash(tmp_path):
 def test_released_entry_survives_a_crash(tmp_path):
     """QoS 2, PUBREL sent: the record drops the message and keeps the packet id."""
     path = tmp_path / "data"
-    store = LMDBStore(str(path), fsync="never")
-    store.open()
-    s = Session("c", 300)
-    s.store = store
-    store.session_saved(s)
+    store, s = _persistent_session(path)
     e = _entry(b"two")
     e.qos = 2
     e.state = 1
@@ -247,11 +249,7 @@ def test_journal_record_in_parts_is_joined_at_recovery(tmp_path):
     from fluxmq.storage.lmdb_store import _JPART
 
     path = tmp_path / "data"
-    store = LMDBStore(str(path), fsync="never")
-    store.open()
-    s = Session("c", 300)
-    s.store = store
-    store.session_saved(s)
+    store, s = _persistent_session(path)
     payloads = [bytes([65 + i]) * 3000 for i in range(5)]  # ~15 KB: 4 parts
     for p in payloads:
         store.queued(s, _entry(p))
@@ -318,3 +316,24 @@ def test_journal_records_of_a_format_1_broker_are_replayed(tmp_path):
         assert list(_contents(store, META)) == [b"format"]
     finally:
         store.close()
+
+
+def test_connected_session_keeps_its_queue_in_memory_longer(store):
+    """An offline session keeps 1,000 queued entries in memory and the rest on disk only; a
+    connected one, whose publishers are paused at 1,000, keeps up to 4,000 (the overshoot of
+    their windows) in memory: reading a spilled queue back costs a compaction per 500 entries,
+    which a live stream cannot afford."""
+    from fluxmq._speedups.dispatch import Dispatcher
+    from fluxmq._speedups.session import CallbackOutlet
+
+    disp = Dispatcher()
+    online = Session("on", 300, window=1, max_queue=25_000)
+    offline = Session("off", 300, window=1, max_queue=25_000)
+    for s in (online, offline):
+        s.store = store
+    online.resume(CallbackOutlet(lambda *a: True))
+    for i in range(4500):
+        for s in (online, offline):
+            disp.publish_to(s, Message("t", b"%d" % i, 1, False), 1, False, None)
+    assert (len(offline.queued_items()), offline.spilled) == (1000, 3500)
+    assert (len(online.queued_items()), online.spilled) == (4000, 499)  # one in flight
