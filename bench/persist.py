@@ -23,11 +23,13 @@ memory, overall (medians) and round by round (``--stream-reps 0`` skips it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,19 @@ def one_run(broker: Broker, n: int, tag: str) -> tuple[float, float, bool]:
     return publish_rate, received / drain_s if drain_s else 0.0, received >= n
 
 
+@contextlib.contextmanager
+def _started(v: Variant, path: Path, n: int) -> Iterator[Broker]:
+    """v's broker, started in `path` after a `sync` (the previous run's dirty pages are not
+    written back during this one), stopped afterwards."""
+    os.sync()
+    broker = v.make(path, n).start()
+    try:
+        time.sleep(0.3)
+        yield broker
+    finally:
+        broker.stop()
+
+
 def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[Result]:
     """Round-robin: every variant once per round, so that drift of the machine (and the
     writeback of an earlier run's data) falls on all of them alike; the dirty pages of the
@@ -133,12 +148,10 @@ def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[R
         for i, (v, r) in enumerate(zip(variants, results, strict=True)):
             if i in broken:
                 continue
-            broker: Broker | None = None
+            path = workdir / f"{v.label.split(',')[0].lower()}-{i}-{rep}"
             try:
-                os.sync()
-                broker = v.make(workdir / f"{v.label.split(',')[0].lower()}-{i}-{rep}", n).start()
-                time.sleep(0.3)
-                pub, drain, ok = one_run(broker, n, f"r{rep}")
+                with _started(v, path, n) as broker:
+                    pub, drain, ok = one_run(broker, n, f"r{rep}")
                 r.publish.append(pub)
                 r.drain.append(drain)
                 r.complete.append(ok)
@@ -152,9 +165,6 @@ def compare(n: int, reps: int, workdir: Path, variants: list[Variant]) -> list[R
                 r.failure = f"{type(e).__name__}: {e}"
                 _log(f"  {v.label:30} FAILED: {r.failure}")
                 broken.add(i)
-            finally:
-                if broker is not None:
-                    broker.stop()
     return results
 
 
@@ -199,13 +209,10 @@ def compare_stream(reps: int, seconds: float, workdir: Path) -> list[StreamResul
         for i, (v, r) in enumerate(zip(STREAM_VARIANTS, results, strict=True)):
             if r.failure is not None:
                 continue
-            broker: Broker | None = None
             try:
-                os.sync()
                 # n = 0: the default queue bound (1,000), as a deployment has it
-                broker = v.make(workdir / f"stream-{i}-{rep}", 0).start()
-                time.sleep(0.3)
-                rate, cpu_us, lost = stream_run(broker, seconds)
+                with _started(v, workdir / f"stream-{i}-{rep}", 0) as broker:
+                    rate, cpu_us, lost = stream_run(broker, seconds)
                 r.rate.append(rate)
                 r.cpu_us.append(cpu_us)
                 r.lost.append(lost)
@@ -216,9 +223,6 @@ def compare_stream(reps: int, seconds: float, workdir: Path) -> list[StreamResul
             except (BrokerStartError, RunError, OSError) as e:
                 r.failure = f"{type(e).__name__}: {e}"
                 _log(f"  stream {v.label:30} FAILED: {r.failure}")
-            finally:
-                if broker is not None:
-                    broker.stop()
     return results
 
 

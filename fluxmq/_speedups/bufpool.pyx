@@ -337,6 +337,16 @@ cdef class OutBuffer(WriteBuffer):
         return self.length
 
 
+cdef inline int _flush(OutBuffer b) except -1:
+    try:
+        b.flush()
+    except Exception:
+        # A transport that died under us: drop its output, others still get theirs.
+        b.closed = True
+        b.release()
+    return 0
+
+
 cdef class Flusher:
     """Writes every dirty OutBuffer once, at the end of the current event-loop turn."""
 
@@ -377,17 +387,12 @@ cdef class Flusher:
             b = <OutBuffer>dirty[i]
             if b.ordered or b.held:
                 rest.append(b)
-                continue
-            try:
-                b.flush()
-            except Exception:
-                b.closed = True
-                b.release()
+            else:
+                _flush(b)
         return rest
 
     cpdef int flush_all(self) except -1:
         cdef list dirty = self._dirty
-        cdef OutBuffer b
         cdef Py_ssize_t i
         self._dirty = []
         self._scheduled = False
@@ -395,11 +400,5 @@ cdef class Flusher:
             dirty = self._write_deliveries(dirty)
             dirty = self.barrier(dirty)
         for i in range(len(dirty)):
-            b = <OutBuffer>dirty[i]
-            try:
-                b.flush()
-            except Exception:
-                # A transport that died under us: drop its output, others still get theirs.
-                b.closed = True
-                b.release()
+            _flush(<OutBuffer>dirty[i])
         return 0

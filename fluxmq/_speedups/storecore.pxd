@@ -28,7 +28,9 @@ cdef class StoreCore(StoreHooks):
     cdef int _link(self, Inflight e) except -1
     cdef int _unlink(self, Inflight e) except -1
     cdef unsigned long long _body_id(self, Inflight e)
+    cdef Py_ssize_t _held_bytes(self, Inflight e)
     cdef int _keep(self, Session session, Inflight e) except -1
+    cdef int _write_new(self, str client_id, Inflight e) except -1
     cdef int _drop(self, Inflight e) except -1
     cpdef _unref(self, Message msg)
     cpdef adopt(self, Inflight e, str client_id, unsigned long long seq, bint shared)

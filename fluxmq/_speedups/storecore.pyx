@@ -223,13 +223,16 @@ cdef class StoreCore(StoreHooks):
     cdef unsigned long long _body_id(self, Inflight e):
         return (<Message>e.msg).store_id if e.sflags & S_SHARED and e.msg is not None else 0
 
+    cdef Py_ssize_t _held_bytes(self, Inflight e):
+        """What a listed entry keeps in memory: the list holds it, and so its message, until
+        the next compaction (a spilled entry has no other holder); counts towards
+        _COMPACT_BYTES."""
+        return ENTRY_COST + ((<Message>e.msg)._plen if e.msg is not None else 0)
+
     cdef int _keep(self, Session session, Inflight e) except -1:
         """e is a new entry of the session's queue: a new key, its whole record journaled. A
         message delivered to several sessions gets a shared body, stored once."""
         cdef Message msg = e.msg
-        e.seq = self._next_seq
-        self._next_seq += 1
-        e.owner = session.client_id
         e.sflags = 0
         if msg is not None and (msg.fanout > 1 or msg.store_id != 0):
             if msg.store_id == 0:
@@ -239,11 +242,17 @@ cdef class StoreCore(StoreHooks):
                 self._refs[msg.store_id] = 0
             self._refs[msg.store_id] += 1
             e.sflags = S_SHARED
-        self._journal.put_entry(QUEUE, e.owner, e.seq, e, self._body_id(e))
+        self._write_new(session.client_id, e)
+        self._acc_bytes += self._held_bytes(e)
+        return 0
+
+    cdef int _write_new(self, str client_id, Inflight e) except -1:
+        """e gets a new key under client_id; its whole record is journaled."""
+        e.seq = self._next_seq
+        self._next_seq += 1
+        e.owner = client_id
+        self._journal.put_entry(QUEUE, client_id, e.seq, e, self._body_id(e))
         self._link(e)
-        # The list keeps the entry, and so its message, until the next compaction (a spilled
-        # entry has no other holder): its size counts towards _COMPACT_BYTES.
-        self._acc_bytes += ENTRY_COST + (msg._plen if msg is not None else 0)
         self._touch()
         return 0
 
@@ -257,7 +266,7 @@ cdef class StoreCore(StoreHooks):
             self._link(e)
         elif e.sflags & S_LISTED:
             self._unlink(e)  # inserted since the last compaction: the database never sees it
-            self._acc_bytes -= ENTRY_COST + ((<Message>e.msg)._plen if e.msg is not None else 0)
+            self._acc_bytes -= self._held_bytes(e)
             if self._acc_bytes < 0:
                 self._acc_bytes = 0
         self._touch()
@@ -282,17 +291,13 @@ cdef class StoreCore(StoreHooks):
         """An entry read back from the database under client_id NUL seq, its shared body (if
         `shared`) already counted. Seq 0: an entry of an older layout, written under a new key
         (the caller deletes the old one)."""
-        e.owner = client_id
         e.sflags = S_SHARED if shared else 0
-        if seq != 0:
-            e.seq = seq
-            e.sflags |= S_DB
+        if seq == 0:
+            self._write_new(client_id, e)
             return
-        e.seq = self._next_seq
-        self._next_seq += 1
-        self._journal.put_entry(QUEUE, client_id, e.seq, e, self._body_id(e))
-        self._link(e)
-        self._touch()
+        e.owner = client_id
+        e.seq = seq
+        e.sflags |= S_DB
 
     # -- session hooks (fluxmq._speedups.session) ----------------------------------------------
 
